@@ -1,0 +1,197 @@
+"""The KEN selection rule, vectorised across rows (see docs/selection.md and KEN_ALGORITHM.md).
+
+Per row: a Gaussian KDE (Silverman bandwidth) is evaluated on ``k`` evenly spaced grid points;
+the grid points, visited by rounded density (highest first), each claim the nearest unclaimed
+entry; every entry whose value equals a claimed value is kept.
+
+The greedy claim runs ``k`` steps over all rows at once on the sorted row values. "Nearest
+unclaimed entry to the right/left of a position" is a union-find over sorted positions with path
+halving, so one step costs a few gathers and scatters over ``[rows]`` tensors.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+_SQRT_2PI = math.sqrt(2.0 * math.pi)
+#: Elements of the ``[rows, k, n]`` density buffer evaluated at once.
+DENSITY_CHUNK_ELEMENTS = 1 << 20
+#: Elements of the ``[rows, n]`` working arrays of the greedy claim held at once.
+CLAIM_CHUNK_ELEMENTS = 1 << 23
+
+
+def kept_mask(values: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask of the entries KEN keeps in ``values``, row by row.
+
+    A 1-D tensor is one row; a 2-D tensor is processed per row; more dimensions are viewed as
+    ``[shape[0], -1]``. Returns a bool tensor of the same shape on the same device.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    if not values.is_floating_point():
+        raise TypeError(f"KEN selects among floating-point values, got dtype {values.dtype}")
+    shape = values.shape
+    rows = values.reshape(1, -1) if values.dim() <= 1 else values.reshape(shape[0], -1)
+    return kept_mask_rows(rows, k).reshape(shape)
+
+
+def kept_mask_rows(rows: torch.Tensor, k: int) -> torch.Tensor:
+    """:func:`kept_mask` for a 2-D ``[rows, n]`` tensor (every row the same length)."""
+    if rows.dim() != 2:
+        raise ValueError(f"expected a 2-D [rows, n] tensor, got shape {tuple(rows.shape)}")
+    count, n = rows.shape
+    mask = torch.ones(count, n, dtype=torch.bool, device=rows.device)
+    if count == 0 or n == 0 or k >= n:
+        return mask
+    if not bool(torch.isfinite(rows).all()):
+        raise ValueError("KEN needs finite values: the tensor holds NaN or Inf")
+    per_chunk = max(1, CLAIM_CHUNK_ELEMENTS // n)
+    for start in range(0, count, per_chunk):
+        stop = min(count, start + per_chunk)
+        mask[start:stop] = _kept_chunk(rows[start:stop], k)
+    return mask
+
+
+def bandwidth(rows: torch.Tensor) -> torch.Tensor:
+    """Silverman/Scott bandwidth per row, float64: ``|1.06 * std * n ** (-1/5)|``.
+
+    The population std is NumPy's float32 ``std`` (the published implementation's arithmetic,
+    pairwise summation included), so every device gets the same bandwidth bit for bit.
+    """
+    n = rows.shape[1]
+    as_f32 = rows.detach().to(device="cpu", dtype=torch.float32).numpy()
+    std = torch.from_numpy(np.std(as_f32, axis=1).astype(np.float64)).to(rows.device)
+    return (1.06 * std * n ** (-1 / 5)).abs()
+
+
+def grid_points(low: torch.Tensor, high: torch.Tensor, k: int) -> torch.Tensor:
+    """``numpy.linspace(low, high, k)`` per row in float64, with NumPy's exact arithmetic."""
+    if k == 1:
+        return low[:, None].clone()
+    steps = torch.arange(k, dtype=torch.float64, device=low.device)
+    step = (high - low) / (k - 1)
+    grid = steps[None, :] * step[:, None] + low[:, None]
+    grid[:, -1] = high
+    return grid
+
+
+def density_levels(x: torch.Tensor, grid: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """``round(f(g))`` (half to even) of the Gaussian KDE of each row at its grid points, float64."""
+    count, n = x.shape
+    k = grid.shape[1]
+    levels = torch.empty(count, k, dtype=torch.float64, device=x.device)
+    scale = 1.0 / (n * h * _SQRT_2PI)
+    exponent_scale = -0.5 / (h * h)
+    per_chunk = max(1, DENSITY_CHUNK_ELEMENTS // (k * n))
+    buffer = torch.empty(min(per_chunk, count), k, n, dtype=torch.float64, device=x.device)
+    for start in range(0, count, per_chunk):
+        stop = min(count, start + per_chunk)
+        work = buffer[: stop - start]
+        torch.sub(grid[start:stop, :, None], x[start:stop, None, :], out=work)
+        work.square_().mul_(exponent_scale[start:stop, None, None]).exp_()
+        torch.sum(work, dim=2, out=levels[start:stop])
+    levels.mul_(scale[:, None]).round_()
+    return levels
+
+
+def _kept_chunk(rows: torch.Tensor, k: int) -> torch.Tensor:
+    count, n = rows.shape
+    device = rows.device
+    h = bandwidth(rows)
+    x = rows.detach().to(torch.float64)
+    keep_all = ~torch.isfinite(h) | (h == 0)
+    h = torch.where(keep_all, torch.ones_like(h), h)
+
+    grid = grid_points(x.min(dim=1).values, x.max(dim=1).values, k)
+    levels = density_levels(x, grid, h)
+    order = torch.sort(-levels, dim=1, stable=True).indices
+
+    sorted_x, original_index = torch.sort(x, dim=1, stable=True)
+    positions = torch.searchsorted(sorted_x, grid)
+    visit_value = grid.gather(1, order)
+    visit_position = positions.gather(1, order)
+    group_start = torch.searchsorted(sorted_x, sorted_x)
+
+    claimed = _greedy_claim(sorted_x, original_index, group_start, visit_value, visit_position)
+    kept_sorted = claimed.gather(1, group_start)
+    mask = torch.empty(count, n, dtype=torch.bool, device=device)
+    mask.scatter_(1, original_index, kept_sorted)
+    mask[keep_all] = True
+    return mask
+
+
+def _find(pointer: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    """Follow the flat ``pointer`` array from ``start`` to a fixed point, halving paths on the way."""
+    current = start
+    while True:
+        parent = pointer.index_select(0, current)
+        if bool(torch.equal(parent, current)):
+            return current
+        grandparent = pointer.index_select(0, parent)
+        pointer.index_put_((current,), grandparent)
+        current = grandparent
+
+
+def _greedy_claim(
+    sorted_x: torch.Tensor,
+    original_index: torch.Tensor,
+    group_start: torch.Tensor,
+    visit_value: torch.Tensor,
+    visit_position: torch.Tensor,
+) -> torch.Tensor:
+    """Run the greedy claim; returns which sorted positions were claimed (``[rows, n]`` bool).
+
+    Within a group of equal values (sorted by original index) the rule always claims the lowest
+    unclaimed original index, so claimed members form a prefix of the group. Hence the right
+    candidate (first free at or after the grid point's insertion position, a group start) and the
+    left candidate (first free member of the group holding the last free position before it) are
+    both their group's lowest free index, which is what the tie-break compares.
+
+    Every row owns ``n + 2`` slots of flat arrays: slot ``s`` of ``next_free`` is position ``s``
+    (slot ``n`` a free sentinel), slot ``s`` of ``prev_free`` is position ``s - 1`` (slot 0 a free
+    sentinel), and slot ``n + 1`` absorbs the writes of rows with nothing left to claim. Pointers
+    hold flat slot numbers, so a find is a chain of 1-D ``index_select`` calls.
+    """
+    count, n = sorted_x.shape
+    device = sorted_x.device
+    width = n + 2
+    base = torch.arange(count, device=device) * width
+    value_base = torch.arange(count, device=device) * n
+    next_free = torch.arange(count * width, device=device)
+    prev_free = torch.arange(count * width, device=device)
+    claimed = torch.zeros(count * width, dtype=torch.bool, device=device)
+    flat_x = sorted_x.reshape(-1)
+    flat_index = original_index.reshape(-1)
+    flat_group_start = group_start.reshape(-1)
+    inf = torch.tensor(math.inf, dtype=torch.float64, device=device)
+    idle_slot = base + n + 1
+
+    for step in range(visit_value.shape[1]):
+        g = visit_value[:, step]
+        p = visit_position[:, step]
+        right = _find(next_free, base + p) - base
+        left = _find(prev_free, base + p) - base - 1
+        has_right = right < n
+        has_left = left >= 0
+        left_group = flat_group_start.index_select(0, value_base + left.clamp_min(0))
+        left = _find(next_free, base + left_group) - base
+        right = right.clamp_max(n - 1)
+
+        right_distance = torch.where(has_right, flat_x.index_select(0, value_base + right) - g, inf)
+        left_distance = torch.where(has_left, g - flat_x.index_select(0, value_base + left), inf)
+        right_index = flat_index.index_select(0, value_base + right)
+        left_index = flat_index.index_select(0, value_base + left)
+        take_left = (left_distance < right_distance) | (
+            (left_distance == right_distance) & (left_index < right_index)
+        )
+        target = base + torch.where(take_left, left, right)
+        target = torch.where(has_left | has_right, target, idle_slot)
+
+        idle = target == idle_slot
+        claimed[target] = True
+        next_free.index_put_((target,), torch.where(idle, idle_slot, target + 1))
+        prev_free.index_put_((torch.where(idle, idle_slot, target + 1),), torch.where(idle, idle_slot, target))
+    return claimed.reshape(count, width)[:, :n]
