@@ -184,9 +184,7 @@ def _greedy_claim(
         left_distance = torch.where(has_left, g - flat_x.index_select(0, value_base + left), inf)
         right_index = flat_index.index_select(0, value_base + right)
         left_index = flat_index.index_select(0, value_base + left)
-        take_left = (left_distance < right_distance) | (
-            (left_distance == right_distance) & (left_index < right_index)
-        )
+        take_left = (left_distance < right_distance) | ((left_distance == right_distance) & (left_index < right_index))
         target = base + torch.where(take_left, left, right)
         target = torch.where(has_left | has_right, target, idle_slot)
 

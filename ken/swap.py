@@ -1,0 +1,126 @@
+"""In-place apply and revert of subnetworks on a live backbone.
+
+The backbone's floating tensors are re-homed as views into one flat buffer
+(:class:`FlatParameters`), so a task's whole delta is one ``index_copy_`` (a single scatter kernel)
+and its revert another, whatever the number of tensors it touches. Revert copies the saved
+original values back; it never subtracts, so the backbone returns bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ken.backbone import floating_state
+from ken.errors import KenError
+from ken.subnetwork import Subnetwork
+
+
+@dataclass(frozen=True)
+class Slot:
+    offset: int
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        count = 1
+        for size in self.shape:
+            count *= size
+        return count
+
+
+class FlatParameters:
+    """Owns a module's floating parameters and buffers as views into one contiguous buffer."""
+
+    def __init__(self, module: nn.Module) -> None:
+        state = floating_state(module.state_dict(keep_vars=True))
+        if not state:
+            raise KenError("the module has no floating-point tensors to manage")
+        dtypes = {t.dtype for t in state.values()}
+        devices = {t.device for t in state.values()}
+        if len(dtypes) != 1 or len(devices) != 1:
+            raise KenError(f"all backbone tensors must share one dtype and device, got {dtypes} on {devices}")
+        self.dtype = dtypes.pop()
+        self.device = devices.pop()
+        total = sum(t.numel() for t in state.values())
+        self.buffer = torch.empty(total, dtype=self.dtype, device=self.device)
+        self.layout: dict[str, Slot] = {}
+        offset = 0
+        for name, tensor in state.items():
+            view = self.buffer[offset : offset + tensor.numel()].view(tensor.shape)
+            view.copy_(tensor.detach())
+            _rehome(module, name, tensor, view)
+            self.layout[name] = Slot(offset, tuple(tensor.shape))
+            offset += tensor.numel()
+
+    @property
+    def numel(self) -> int:
+        return self.buffer.numel()
+
+    def check_compatible(self, subnetwork: Subnetwork) -> None:
+        """Raise :class:`KenError` unless every delta names a tensor of this backbone with its shape."""
+        for name, delta in subnetwork.deltas.items():
+            slot = self.layout.get(name)
+            if slot is None:
+                raise KenError(f"delta {name!r}: the backbone has no floating tensor of that name")
+            if slot.shape != delta.shape:
+                raise KenError(f"delta {name!r}: shape {list(delta.shape)} but the backbone's is {list(slot.shape)}")
+
+
+def _rehome(module: nn.Module, name: str, tensor: torch.Tensor, view: torch.Tensor) -> None:
+    owner_name, _, attr = name.rpartition(".")
+    owner = module.get_submodule(owner_name) if owner_name else module
+    if isinstance(tensor, nn.Parameter):
+        tensor.data = view
+    else:
+        owner._buffers[attr] = view
+
+
+class DeltaPlan:
+    """A subnetwork's entries as flat positions and values on the backbone's device and dtype.
+
+    Built without touching the backbone's values (only its layout), so it can be prepared while
+    another task's delta is applied.
+    """
+
+    def __init__(self, subnetwork: Subnetwork, flat: FlatParameters) -> None:
+        flat.check_compatible(subnetwork)
+        names = sorted(subnetwork.deltas, key=lambda n: flat.layout[n].offset)
+        positions = [subnetwork.deltas[n].flat_indices() + flat.layout[n].offset for n in names]
+        values = [subnetwork.deltas[n].values for n in names]
+        self.indices = (torch.cat(positions) if positions else torch.zeros(0, dtype=torch.int64)).to(flat.device)
+        self.values = (
+            torch.cat([v.to(flat.dtype) for v in values]) if values else torch.zeros(0, dtype=flat.dtype)
+        ).to(flat.device)
+
+    @property
+    def nnz(self) -> int:
+        return self.indices.numel()
+
+
+class PreparedDelta:
+    """A :class:`DeltaPlan` plus the backbone's original values at its positions.
+
+    Capture the originals only while the backbone is pristine (no delta applied).
+    """
+
+    def __init__(self, plan: DeltaPlan, flat: FlatParameters) -> None:
+        self.indices = plan.indices
+        self.values = plan.values
+        self.originals = flat.buffer.index_select(0, plan.indices)
+
+    @classmethod
+    def prepare(cls, subnetwork: Subnetwork, flat: FlatParameters) -> PreparedDelta:
+        return cls(DeltaPlan(subnetwork, flat), flat)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.indices, self.values, self.originals))
+
+    def apply(self, flat: FlatParameters) -> None:
+        flat.buffer.index_copy_(0, self.indices, self.values)
+
+    def revert(self, flat: FlatParameters) -> None:
+        flat.buffer.index_copy_(0, self.indices, self.originals)
