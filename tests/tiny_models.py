@@ -1,0 +1,105 @@
+"""Tiny Hugging Face models built from configs, saved as real folders (weights, config, tokenizer).
+
+Used by the library and service tests: a BERT-style backbone with a fine-tuned sequence classifier,
+and a GPT-2 style (Conv1D, transposed weights) pair.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    BertModel,
+    BertTokenizerFast,
+    GPT2Config,
+    GPT2ForSequenceClassification,
+    GPT2Model,
+)
+
+WORDS = (
+    "the a of and to in is it that was for on are with as i his they be at one have this from or had by "
+    "goal match team win score player league cup market shares profit bank economy growth film music "
+    "actor award song band election minister vote party government phone software internet computer data"
+).split()
+LABELS = ("sport", "business", "culture")
+
+
+@dataclass(frozen=True)
+class TinyPair:
+    base: Path
+    finetuned: Path
+
+
+def write_vocab(folder: Path) -> Path:
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    return vocab
+
+
+def perturb(model: torch.nn.Module, seed: int, scale: float = 0.02) -> None:
+    """Change every weight a little, as a fine-tune would (some embedding rows stay untouched)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=gen) * scale
+            if "word_embeddings" in name or name.endswith("wte.weight"):
+                noise[param.shape[0] // 2 :] = 0
+            param.add_(noise)
+
+
+def make_bert_pair(root: Path, *, seed: int = 0, num_labels: int = 3, hidden: int = 32) -> TinyPair:
+    """A tiny BERT backbone folder and a fine-tuned sequence-classification folder over it."""
+    torch.manual_seed(seed)
+    base_dir, ft_dir = root / "base", root / "finetuned"
+    base_dir.mkdir(parents=True, exist_ok=True)
+    vocab = write_vocab(base_dir)
+    tokenizer = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+    labels = {i: LABELS[i % len(LABELS)] + ("" if i < len(LABELS) else str(i)) for i in range(num_labels)}
+    config = BertConfig(
+        vocab_size=len(WORDS) + 5,
+        hidden_size=hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=hidden * 2,
+        max_position_embeddings=64,
+        num_labels=num_labels,
+        id2label=labels,
+        label2id={v: k for k, v in labels.items()},
+    )
+    base = BertModel(config).eval()
+    base.save_pretrained(base_dir)
+    tokenizer.save_pretrained(base_dir)
+    finetuned = BertForSequenceClassification(config)
+    finetuned.bert.load_state_dict(base.state_dict())
+    perturb(finetuned, seed + 1)
+    finetuned.save_pretrained(ft_dir)
+    tokenizer.save_pretrained(ft_dir)
+    return TinyPair(base_dir, ft_dir)
+
+
+def make_gpt2_pair(root: Path, *, seed: int = 0, num_labels: int = 2) -> TinyPair:
+    """A tiny GPT-2 backbone (Conv1D weights stored [in, out]) and a fine-tuned classifier."""
+    torch.manual_seed(seed)
+    base_dir, ft_dir = root / "base", root / "finetuned"
+    config = GPT2Config(
+        vocab_size=64,
+        n_positions=32,
+        n_embd=24,
+        n_layer=2,
+        n_head=2,
+        num_labels=num_labels,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    base = GPT2Model(config).eval()
+    base.save_pretrained(base_dir)
+    finetuned = GPT2ForSequenceClassification(config)
+    finetuned.transformer.load_state_dict(base.state_dict())
+    perturb(finetuned, seed + 1)
+    finetuned.save_pretrained(ft_dir)
+    return TinyPair(base_dir, ft_dir)
