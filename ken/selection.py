@@ -135,6 +135,76 @@ def _find(pointer: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
         current = grandparent
 
 
+class _SortedRows:
+    """Flat views of the sorted rows and their equal-value groups, indexed by row position."""
+
+    def __init__(
+        self, sorted_x: torch.Tensor, original_index: torch.Tensor, group_start: torch.Tensor, value_base: torch.Tensor
+    ) -> None:
+        n = sorted_x.shape[1]
+        group_end = torch.searchsorted(sorted_x, sorted_x, right=True) - 1
+        inf = torch.full_like(sorted_x[:, :1], math.inf)
+        after = torch.cat([sorted_x, inf], dim=1).gather(1, group_end + 1)
+        before = torch.cat([-inf, sorted_x], dim=1).gather(1, group_start)
+        self.n = n
+        self.value_base = value_base
+        self.x = sorted_x.reshape(-1)
+        self.index = original_index.reshape(-1)
+        self.group_start = group_start.reshape(-1)
+        self.group_end = group_end.reshape(-1)
+        self.next_distinct = after.reshape(-1)
+        self.prev_distinct = before.reshape(-1)
+
+    def take(self, array: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        return array.index_select(0, self.value_base + position)
+
+
+def _lowest_index_at_distance(
+    rows: _SortedRows,
+    next_free: torch.Tensor,
+    prev_free: torch.Tensor,
+    base: torch.Tensor,
+    g: torch.Tensor,
+    candidate: torch.Tensor,
+    distance: torch.Tensor,
+    valid: torch.Tensor,
+    *,
+    toward_right: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The free entry with the lowest original index among those at ``distance`` on one side.
+
+    Distances are monotone along the sorted row, but two distinct values can round to the same
+    float64 distance from a grid point; the rule then takes the lowest index, which may sit in a
+    farther group. Such ties need values within an ulp of the distance of each other, so the
+    check against the next distinct value almost always ends the search at once.
+    """
+    index = rows.take(rows.index, candidate)
+    if toward_right:
+        tied = valid & (rows.take(rows.next_distinct, candidate) - g == distance)
+    else:
+        tied = valid & (g - rows.take(rows.prev_distinct, candidate) == distance)
+    current = candidate
+    while bool(tied.any()):
+        if toward_right:
+            following = _find(next_free, base + rows.take(rows.group_end, current) + 1) - base
+            exists = following < rows.n
+            following = following.clamp_max(rows.n - 1)
+            gap = rows.take(rows.x, following) - g
+        else:
+            preceding = _find(prev_free, base + rows.take(rows.group_start, current)) - base - 1
+            exists = preceding >= 0
+            preceding = _find(next_free, base + rows.take(rows.group_start, preceding.clamp_min(0))) - base
+            following = preceding
+            gap = g - rows.take(rows.x, following)
+        tied = tied & exists & (gap == distance)
+        following_index = rows.take(rows.index, following)
+        better = tied & (following_index < index)
+        candidate = torch.where(better, following, candidate)
+        index = torch.where(better, following_index, index)
+        current = torch.where(tied, following, current)
+    return candidate, index
+
+
 def _greedy_claim(
     sorted_x: torch.Tensor,
     original_index: torch.Tensor,
@@ -163,10 +233,7 @@ def _greedy_claim(
     next_free = torch.arange(count * width, device=device)
     prev_free = torch.arange(count * width, device=device)
     claimed = torch.zeros(count * width, dtype=torch.bool, device=device)
-    flat_x = sorted_x.reshape(-1)
-    flat_index = original_index.reshape(-1)
-    flat_group_start = group_start.reshape(-1)
-    inf = torch.tensor(math.inf, dtype=torch.float64, device=device)
+    rows = _SortedRows(sorted_x, original_index, group_start, value_base)
     idle_slot = base + n + 1
 
     for step in range(visit_value.shape[1]):
@@ -176,15 +243,20 @@ def _greedy_claim(
         left = _find(prev_free, base + p) - base - 1
         has_right = right < n
         has_left = left >= 0
-        left_group = flat_group_start.index_select(0, value_base + left.clamp_min(0))
-        left = _find(next_free, base + left_group) - base
+        left = _find(next_free, base + rows.take(rows.group_start, left.clamp_min(0))) - base
         right = right.clamp_max(n - 1)
 
-        right_distance = torch.where(has_right, flat_x.index_select(0, value_base + right) - g, inf)
-        left_distance = torch.where(has_left, g - flat_x.index_select(0, value_base + left), inf)
-        right_index = flat_index.index_select(0, value_base + right)
-        left_index = flat_index.index_select(0, value_base + left)
-        take_left = (left_distance < right_distance) | ((left_distance == right_distance) & (left_index < right_index))
+        right_distance = torch.where(has_right, rows.take(rows.x, right) - g, math.inf)
+        left_distance = torch.where(has_left, g - rows.take(rows.x, left), math.inf)
+        right, right_index = _lowest_index_at_distance(
+            rows, next_free, prev_free, base, g, right, right_distance, has_right, toward_right=True
+        )
+        left, left_index = _lowest_index_at_distance(
+            rows, next_free, prev_free, base, g, left, left_distance, has_left, toward_right=False
+        )
+        take_left = (left_distance < right_distance) | (
+            (left_distance == right_distance) & (left_index < right_index)
+        )
         target = base + torch.where(take_left, left, right)
         target = torch.where(has_left | has_right, target, idle_slot)
 

@@ -1,0 +1,142 @@
+"""The ``ken`` command line.
+
+Exit codes: 0 success, 1 unexpected failure, 2 bad usage or input (wrong path, mismatched
+models, invalid file, k < 1). Subcommands from other packages (the service's ``serve`` and
+``push``) are found through the ``ken.commands`` entry-point group, so this library never
+imports them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from importlib.metadata import entry_points
+from pathlib import Path
+
+EXIT_OK, EXIT_USAGE = 0, 2
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    import ken
+
+    started = time.perf_counter()
+    sub = ken.extract(
+        args.base,
+        args.finetuned,
+        args.k,
+        method=args.method,
+        include=args.include,
+        exclude=args.exclude,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    ken.save_file(sub, args.output)
+    size = Path(args.output).stat().st_size
+    print(
+        f"wrote {args.output}: {sub.kept_entries:,} kept entries in {len(sub.deltas)} tensors, "
+        f"{len(sub.head)} head tensors, {size / 1e6:.2f} MB, {time.perf_counter() - started:.1f} s"
+    )
+    return EXIT_OK
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from ken.inspect import describe
+
+    data = Path(args.file).read_bytes()
+    print(describe(data, tensors=not args.summary))
+    return EXIT_OK
+
+
+def _cmd_materialize(args: argparse.Namespace) -> int:
+    import ken
+
+    sub = ken.load_file(args.subnetwork)
+    out = ken.materialize(args.base, sub, args.output)
+    print(f"wrote a {sub.info.task_type} checkpoint to {out}")
+    return EXIT_OK
+
+
+def _cmd_viz(args: argparse.Namespace) -> int:
+    import ken
+    from ken.viz import render_all
+
+    sub = ken.load_file(args.subnetwork)
+    for path in render_all(sub, Path(args.output), matrix=args.matrix, layer_pattern=args.layers):
+        print(path)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ken", description="KEN subnetworks: extract, inspect, serve.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    extract = commands.add_parser("extract", help="extract a subnetwork from a fine-tuned checkpoint")
+    extract.add_argument("--base", required=True, help="pretrained Hugging Face model folder (the backbone)")
+    extract.add_argument("--finetuned", required=True, help="fine-tuned Hugging Face model folder")
+    extract.add_argument("--k", required=True, type=_positive_int, help="grid points per row (entries kept)")
+    extract.add_argument("--output", required=True, help="subnetwork file to write (.safetensors)")
+    extract.add_argument("--method", default="ken", choices=["ken", "random", "magnitude"])
+    extract.add_argument("--include", help="regex over backbone tensor names to prune, or preset 'attention'")
+    extract.add_argument("--exclude", help="regex over backbone tensor names to leave at pretrained values")
+    extract.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
+    extract.add_argument("--quiet", action="store_true", help="no progress bar")
+    extract.set_defaults(handler=_cmd_extract)
+
+    inspect = commands.add_parser("inspect", help="print a subnetwork file's metadata and per-tensor table")
+    inspect.add_argument("file")
+    inspect.add_argument("--summary", action="store_true", help="metadata and totals only")
+    inspect.set_defaults(handler=_cmd_inspect)
+
+    materialize = commands.add_parser("materialize", help="write the subnetwork model as a normal HF checkpoint")
+    materialize.add_argument("--base", required=True)
+    materialize.add_argument("--subnetwork", required=True)
+    materialize.add_argument("--output", required=True)
+    materialize.set_defaults(handler=_cmd_materialize)
+
+    viz = commands.add_parser("viz", help="KEN_viz: PNG views of the kept entries")
+    viz.add_argument("--subnetwork", required=True)
+    viz.add_argument("--output", required=True, help="folder for the PNG files")
+    viz.add_argument("--matrix", help="tensor for the matrix and neighbour views (default: first key matrix)")
+    viz.add_argument("--layers", help="name pattern shown across layers (default: attention key matrices)")
+    viz.set_defaults(handler=_cmd_viz)
+
+    from ken.finetune import register as register_finetune
+
+    register_finetune(commands)
+    for plugin in entry_points(group="ken.commands"):
+        plugin.load()(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from ken.errors import KenError
+
+    try:
+        return int(args.handler(args))
+    except (KenError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
+        print(f"ken {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"ken {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

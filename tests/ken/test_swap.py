@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+import ken
+from tests.tiny_models import TinyPair
+
+
+def _inputs(pair: TinyPair) -> dict[str, torch.Tensor]:
+    tokenizer = AutoTokenizer.from_pretrained(pair.base)
+    texts = ["the team won the cup match", "bank profit and market growth", "a film award for the band", "data"]
+    return dict(tokenizer(texts, padding=True, return_tensors="pt"))
+
+
+def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: t.detach().clone() for name, t in model.state_dict().items()}
+
+
+def test_served_outputs_equal_the_materialised_checkpoint(tiny_bert: TinyPair, tmp_path) -> None:
+    sub = ken.load_bytes(ken.save_bytes(ken.extract(tiny_bert.base, tiny_bert.finetuned, k=6, progress=False)))
+    ken.materialize(tiny_bert.base, sub, tmp_path / "model")
+    reference = AutoModelForSequenceClassification.from_pretrained(tmp_path / "model").eval()
+    backbone = ken.load_backbone_model(tiny_bert.base)
+    flat = ken.FlatParameters(backbone)
+    task = ken.attach_head(backbone, sub.info, sub.head)
+    delta = ken.PreparedDelta.prepare(sub, flat)
+    batch = _inputs(tiny_bert)
+    with torch.no_grad():
+        expected = reference(**batch).logits
+        delta.apply(flat)
+        served = task(**batch).logits
+        delta.revert(flat)
+        pristine = task(**batch).logits
+    assert torch.equal(served, expected)
+    assert not torch.equal(pristine, expected)
+
+
+def test_many_cycles_restore_every_tensor_bit_for_bit(tiny_bert: TinyPair, tiny_bert_other_task) -> None:
+    backbone = ken.load_backbone_model(tiny_bert.base)
+    original = _snapshot(backbone)
+    flat = ken.FlatParameters(backbone)
+    assert all(torch.equal(original[n], t) for n, t in backbone.state_dict().items())
+    deltas = [
+        ken.PreparedDelta.prepare(ken.extract(tiny_bert.base, ft, k=k, method=m, progress=False), flat)
+        for ft, k, m in [(tiny_bert.finetuned, 6, "ken"), (tiny_bert_other_task, 3, "magnitude")]
+    ]
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        delta = deltas[int(torch.randint(0, 2, (1,), generator=gen))]
+        delta.apply(flat)
+        delta.revert(flat)
+    for name, tensor in backbone.state_dict().items():
+        assert torch.equal(tensor, original[name]), name
+
+
+def test_revert_copies_originals_rather_than_subtracting() -> None:
+    module = torch.nn.Linear(3, 1, bias=False)
+    with torch.no_grad():
+        module.weight.copy_(torch.tensor([[1e-8, 1.0, 3.0]]))
+    flat = ken.FlatParameters(module)
+    delta_rows = ken.SparseRows(
+        (1, 3), torch.tensor([0, 2]), torch.tensor([0, 2], dtype=torch.uint16), torch.tensor([1e8, -7.0])
+    )
+    info = ken.SubnetworkInfo(backbone_fingerprint="x", method="ken", k=2)
+    prepared = ken.PreparedDelta.prepare(ken.Subnetwork({"weight": delta_rows}, {}, info), flat)
+    prepared.apply(flat)
+    assert module.weight.tolist() == [[1e8, 1.0, -7.0]]
+    prepared.revert(flat)
+    assert torch.equal(module.weight, torch.tensor([[1e-8, 1.0, 3.0]]))  # (1e-8 + 1e8) - 1e8 would give 0
+
+
+def test_flat_parameters_own_every_floating_tensor(tiny_bert: TinyPair) -> None:
+    backbone = ken.load_backbone_model(tiny_bert.base)
+    flat = ken.FlatParameters(backbone)
+    start, stop = flat.buffer.data_ptr(), flat.buffer.data_ptr() + flat.numel * flat.buffer.element_size()
+    for name, param in backbone.named_parameters():
+        assert start <= param.data_ptr() < stop, name
+    assert flat.numel == sum(p.numel() for p in backbone.parameters())
+
+
+def test_incompatible_subnetworks_are_refused(tiny_bert: TinyPair, tiny_gpt2: TinyPair) -> None:
+    backbone = ken.load_backbone_model(tiny_bert.base)
+    flat = ken.FlatParameters(backbone)
+    gpt2_sub = ken.extract(tiny_gpt2.base, tiny_gpt2.finetuned, k=3, progress=False)
+    with pytest.raises(ken.KenError, match="no floating tensor"):
+        ken.PreparedDelta.prepare(gpt2_sub, flat)
+
+
+def test_head_must_be_complete(tiny_bert: TinyPair) -> None:
+    sub = ken.extract(tiny_bert.base, tiny_bert.finetuned, k=6, progress=False)
+    backbone = ken.load_backbone_model(tiny_bert.base)
+    with pytest.raises(ken.KenError, match=r"lacks 'classifier\.bias'"):
+        ken.attach_head(backbone, sub.info, {"classifier.weight": sub.head["classifier.weight"]})
+
+
+def test_gpt2_task_model_matches_materialised_checkpoint(tiny_gpt2: TinyPair, tmp_path) -> None:
+    sub = ken.extract(tiny_gpt2.base, tiny_gpt2.finetuned, k=4, progress=False)
+    ken.materialize(tiny_gpt2.base, sub, tmp_path / "gpt2")
+    reference = AutoModelForSequenceClassification.from_pretrained(tmp_path / "gpt2").eval()
+    backbone = ken.load_backbone_model(tiny_gpt2.base)
+    flat = ken.FlatParameters(backbone)
+    task = ken.attach_head(backbone, sub.info, sub.head)
+    delta = ken.PreparedDelta.prepare(sub, flat)
+    ids = torch.tensor([[5, 6, 7, 8, 9], [10, 11, 12, 13, 14]])
+    with torch.no_grad():
+        delta.apply(flat)
+        served = task(input_ids=ids).logits
+        delta.revert(flat)
+        expected = reference(input_ids=ids).logits
+    assert torch.equal(served, expected)
