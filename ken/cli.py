@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -79,6 +79,14 @@ def _cmd_viz(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _unavailable(name: str, exc: ImportError) -> Callable[[argparse.Namespace], int]:
+    def handler(args: argparse.Namespace) -> int:
+        print(f"ken {name}: not available here ({exc}); install the project with its [serve] extra", file=sys.stderr)
+        return EXIT_USAGE
+
+    return handler
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ken", description="KEN subnetworks: extract, inspect, serve.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -117,7 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_finetune(commands)
     for plugin in entry_points(group="ken.commands"):
-        plugin.load()(commands)
+        try:
+            register = plugin.load()
+        except ImportError as exc:  # e.g. `serve` without the [serve] extra installed
+            unavailable = commands.add_parser(plugin.name, help=f"(unavailable: {exc})")
+            unavailable.set_defaults(handler=_unavailable(plugin.name, exc))
+            continue
+        register(commands)
     return parser
 
 
