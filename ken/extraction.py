@@ -63,12 +63,12 @@ def budget_mask(scores: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
     return rank < budget[:, None]
 
 
-def _select(method: str, rows: torch.Tensor, base: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+def _select(method: str, rows: torch.Tensor, base: torch.Tensor | None, k: int, gen: torch.Generator) -> torch.Tensor:
     mask = kept_mask_rows(rows, k)
     if method == "ken":
         return mask
     budget = mask.sum(dim=1)
-    if method == "magnitude":
+    if base is not None:
         scores = (rows.to(torch.float64) - base.to(torch.float64)).abs()
     else:
         scores = torch.rand(rows.shape, generator=gen, dtype=torch.float64)
@@ -162,11 +162,13 @@ def _run_selection(work: list[_Work], k: int, method: str, seed: int, progress: 
     with tqdm(total=total, unit="row", desc=f"{method} k={k}", disable=not progress) as bar:
         for _, items in sorted(groups.items()):
             rows = torch.cat([item.finetuned.index_select(0, item.changed_rows) for item in items])
-            base = torch.cat([item.base.index_select(0, item.changed_rows) for item in items])
+            base = None
+            if method == "magnitude":
+                base = torch.cat([item.base.index_select(0, item.changed_rows) for item in items])
             parts = []
             for start in range(0, rows.shape[0], ROWS_PER_BATCH):
                 stop = start + ROWS_PER_BATCH
-                parts.append(_select(method, rows[start:stop], base[start:stop], k, gen))
+                parts.append(_select(method, rows[start:stop], None if base is None else base[start:stop], k, gen))
                 bar.update(parts[-1].shape[0])
             mask = torch.cat(parts)
             offset = 0

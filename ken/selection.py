@@ -20,7 +20,7 @@ _SQRT_2PI = math.sqrt(2.0 * math.pi)
 #: Elements of the ``[rows, k, n]`` density buffer evaluated at once.
 DENSITY_CHUNK_ELEMENTS = 1 << 20
 #: Elements of the ``[rows, n]`` working arrays of the greedy claim held at once.
-CLAIM_CHUNK_ELEMENTS = 1 << 23
+CLAIM_CHUNK_ELEMENTS = 1 << 21
 
 
 def kept_mask(values: torch.Tensor, k: int) -> torch.Tensor:
@@ -254,9 +254,7 @@ def _greedy_claim(
         left, left_index = _lowest_index_at_distance(
             rows, next_free, prev_free, base, g, left, left_distance, has_left, toward_right=False
         )
-        take_left = (left_distance < right_distance) | (
-            (left_distance == right_distance) & (left_index < right_index)
-        )
+        take_left = (left_distance < right_distance) | ((left_distance == right_distance) & (left_index < right_index))
         target = base + torch.where(take_left, left, right)
         target = torch.where(has_left | has_right, target, idle_slot)
 
