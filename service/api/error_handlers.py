@@ -1,0 +1,82 @@
+"""Every domain error mapped to its HTTP status, in one place.
+
+v1 routes answer ``{"detail": "message"}`` (FastAPI's convention); ``/v2`` routes answer
+``{"error": "message"}`` as the Open Inference Protocol specifies.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request, status
+from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.errors import (
+    AdminDisabled,
+    BackboneMismatch,
+    EngineStopped,
+    InvalidInput,
+    InvalidSubnetwork,
+    InvalidTaskName,
+    MissingCredentials,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    WrongCredentials,
+)
+from service.store import CorruptSubnetwork, StoreUnavailable, TaskNotFound
+
+STATUS_BY_ERROR: dict[type[Exception], int] = {
+    InvalidSubnetwork: status.HTTP_400_BAD_REQUEST,
+    MissingCredentials: status.HTTP_401_UNAUTHORIZED,
+    WrongCredentials: status.HTTP_403_FORBIDDEN,
+    AdminDisabled: status.HTTP_403_FORBIDDEN,
+    TaskNotFound: status.HTTP_404_NOT_FOUND,
+    BackboneMismatch: status.HTTP_409_CONFLICT,
+    PayloadTooLarge: status.HTTP_413_CONTENT_TOO_LARGE,
+    UnsupportedMediaType: status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+    InvalidTaskName: status.HTTP_422_UNPROCESSABLE_CONTENT,
+    InvalidInput: status.HTTP_422_UNPROCESSABLE_CONTENT,
+    CorruptSubnetwork: status.HTTP_500_INTERNAL_SERVER_ERROR,
+    EngineStopped: status.HTTP_503_SERVICE_UNAVAILABLE,
+    StoreUnavailable: status.HTTP_503_SERVICE_UNAVAILABLE,
+}
+
+
+def is_v2(request: Request) -> bool:
+    return request.url.path == "/v2" or request.url.path.startswith("/v2/")
+
+
+def error_response(
+    request: Request, status_code: int, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    body = {"error": message} if is_v2(request) else {"detail": message}
+    return JSONResponse(body, status_code=status_code, headers=headers)
+
+
+async def domain_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    status_code = next(code for kind, code in STATUS_BY_ERROR.items() if isinstance(exc, kind))
+    headers = {"WWW-Authenticate": "Bearer"} if status_code == status.HTTP_401_UNAUTHORIZED else None
+    return error_response(request, status_code, str(exc), headers)
+
+
+async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    if not is_v2(request):
+        return await request_validation_exception_handler(request, exc)
+    problems = "; ".join(f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors())
+    return error_response(request, status.HTTP_422_UNPROCESSABLE_CONTENT, problems)
+
+
+async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    if not is_v2(request):
+        return await http_exception_handler(request, exc)  # type: ignore[return-value]
+    return error_response(request, exc.status_code, str(exc.detail), exc.headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    for kind in STATUS_BY_ERROR:
+        app.add_exception_handler(kind, domain_error_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)

@@ -1,0 +1,101 @@
+"""Request and response bodies of the v1 API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field, field_validator
+
+from service.store import StoredManifest, validate_task
+from service.store.base import TASK_NAME_RE
+
+
+class SubnetworkManifest(BaseModel):
+    """A stored subnetwork, as its manifest describes it."""
+
+    task: str
+    version: int
+    k: int
+    method: str
+    task_type: str
+    kept_entries: int
+    labels: list[str]
+    bytes: int
+    sha256: str
+    created: datetime
+
+    @classmethod
+    def from_stored(cls, manifest: StoredManifest) -> SubnetworkManifest:
+        info = manifest.info
+        return cls(
+            task=manifest.task,
+            version=manifest.version,
+            k=info["k"],
+            method=info["method"],
+            task_type=info["task_type"],
+            kept_entries=info["kept_entries"],
+            labels=info["labels"],
+            bytes=manifest.size,
+            sha256=manifest.sha256,
+            created=manifest.created,
+        )
+
+
+class SubnetworkList(BaseModel):
+    subnetworks: list[SubnetworkManifest]
+
+
+class PredictRequest(BaseModel):
+    task: str = Field(description=f"Task name, matching {TASK_NAME_RE.pattern}.")
+    inputs: list[str] = Field(min_length=1, description="Texts to classify.")
+    top_k: int = Field(default=1, ge=1, description="Labels per input, best first (capped at the task's labels).")
+    return_logits: bool = False
+
+    @field_validator("task")
+    @classmethod
+    def _valid_task(cls, task: str) -> str:
+        return validate_task(task)
+
+
+class LabelScore(BaseModel):
+    label: str
+    score: float = Field(description="Softmax probability.")
+
+
+class InputPrediction(BaseModel):
+    labels: list[LabelScore] = Field(description="The top_k labels, best first.")
+    logits: list[float] | None = Field(default=None, description="Raw logits per label (when return_logits).")
+    truncated: bool = Field(description="Whether the input was cut to the model's maximum length.")
+
+
+class PredictResponse(BaseModel):
+    task: str
+    version: int
+    predictions: list[InputPrediction]
+
+
+class IntegrityResponse(BaseModel):
+    checksum: str = Field(description="SHA-256 of the backbone weights now (after reverting any delta).")
+    pristine_checksum: str = Field(description="SHA-256 of the backbone weights right after loading.")
+    intact: bool
+
+
+class BackboneResponse(BaseModel):
+    name: str
+    fingerprint: str = Field(description="Fingerprint of the checkpoint as stored; subnetworks must carry it.")
+    parameters: int
+    device: str
+    dtype: str
+    max_length: int = Field(description="Tokens per input after truncation.")
+
+
+class HealthResponse(BaseModel):
+    status: str
+
+
+class ReadinessResponse(BaseModel):
+    ready: bool
+    backbone: bool
+    engine: bool
+    store: bool
+    detail: str | None = None

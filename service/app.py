@@ -1,0 +1,72 @@
+"""The application factory: settings in, a FastAPI app out (its lifespan loads and closes everything)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+import service
+from service.api import predict, subnetworks, system, v2
+from service.api.error_handlers import install_error_handlers
+from service.catalog import SubnetworkCatalog
+from service.deps import Services
+from service.engine import InferenceEngine, load_backbone
+from service.http_metrics import HttpMetricsMiddleware
+from service.metrics import ServiceMetrics
+from service.preload import preload_directory
+from service.settings import Settings
+from service.store import open_store
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """A service instance. Nothing heavy happens here: the backbone and the store are opened by the lifespan."""
+    metrics = ServiceMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        backbone = await asyncio.to_thread(
+            load_backbone,
+            settings.backbone_path(),
+            name=settings.backbone_display_name(),
+            device=settings.torch_device(),
+            dtype=settings.torch_dtype,
+            max_sequence_length=settings.max_sequence_length,
+        )
+        store = open_store(settings.redis_url, settings.store_dir, key_prefix=settings.redis_key_prefix)
+        engine = InferenceEngine(backbone, store, settings, metrics)
+        engine.start()
+        try:
+            await store.start()
+            catalog = SubnetworkCatalog(store, engine)
+            if settings.preload_dir is not None:
+                await preload_directory(settings.preload_dir, catalog, store)
+            app.state.services = Services(store=store, engine=engine, catalog=catalog)
+            logger.info("service ready", extra={"host": settings.host, "port": settings.port})
+            yield
+        finally:
+            await engine.stop()
+            await store.close()
+
+    docs = settings.docs_enabled
+    app = FastAPI(
+        title="ken-serve",
+        version=service.__version__,
+        summary="Many fine-tuned tasks served from one resident backbone by swapping KEN subnetworks in place.",
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    for router in (subnetworks.router, predict.router, system.router, v2.health_router, v2.router):
+        app.include_router(router)
+    app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
+    return app

@@ -1,0 +1,66 @@
+"""The subnetwork catalog: uploads validated against the resident backbone before anything is stored."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import ken
+from service.engine import InferenceEngine
+from service.engine.staged import task_labels
+from service.errors import BackboneMismatch, InvalidSubnetwork
+from service.store import StoredManifest, SubnetworkStore
+
+#: Task types the API knows how to answer (one label distribution per input).
+SERVED_TASK_TYPES = ("sequence-classification",)
+
+
+def describe(subnetwork: ken.Subnetwork) -> dict[str, Any]:
+    """What the manifest records about a subnetwork, so listings never parse files."""
+    info = subnetwork.info
+    return {
+        "k": info.k,
+        "method": info.method,
+        "task_type": info.task_type,
+        "kept_entries": subnetwork.kept_entries,
+        "head_entries": subnetwork.head_entries,
+        "labels": task_labels(info),
+        "backbone_fingerprint": info.backbone_fingerprint,
+    }
+
+
+class SubnetworkCatalog:
+    """Validates and stores uploads; the rest of the store's API is used directly by the routes."""
+
+    def __init__(self, store: SubnetworkStore, engine: InferenceEngine) -> None:
+        self._store = store
+        self._engine = engine
+
+    async def upload(self, task: str, blob: bytes) -> StoredManifest:
+        """Validate ``blob`` completely (format, fingerprint, shapes, bounds, finiteness, head), then store it."""
+        subnetwork = await asyncio.to_thread(self._parse, blob)
+        try:
+            await self._engine.check_head(subnetwork)
+        except (ken.KenError, RuntimeError) as exc:  # load_state_dict raises RuntimeError on a misshapen head
+            raise InvalidSubnetwork(f"the head does not fit the task model: {exc}") from None
+        manifest = await self._store.put(task, blob, describe(subnetwork))
+        self._engine.offer(task, manifest.version, subnetwork)
+        return manifest
+
+    def _parse(self, blob: bytes) -> ken.Subnetwork:
+        backbone = self._engine.backbone
+        try:
+            subnetwork = ken.load_bytes(blob, backbone_fingerprint=backbone.fingerprint)
+            backbone.flat.check_compatible(subnetwork)
+            labels = task_labels(subnetwork.info)
+        except ken.FingerprintMismatch as exc:
+            raise BackboneMismatch(str(exc)) from None
+        except ValueError as exc:  # ken's errors are ValueErrors, and so is a config transformers rejects
+            raise InvalidSubnetwork(str(exc)) from None
+        if subnetwork.info.task_type not in SERVED_TASK_TYPES:
+            raise InvalidSubnetwork(
+                f"task type {subnetwork.info.task_type!r} is not served; supported: {', '.join(SERVED_TASK_TYPES)}"
+            )
+        if not labels:
+            raise InvalidSubnetwork("the subnetwork's task has no labels")
+        return subnetwork

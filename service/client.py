@@ -1,0 +1,77 @@
+"""A small synchronous client of the v1 API (httpx)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from service.api.body import OCTET_STREAM
+from service.api.schemas import PredictResponse, SubnetworkList, SubnetworkManifest
+
+
+class KenServiceError(Exception):
+    """The service answered with an error status; ``message`` is its explanation."""
+
+    def __init__(self, status_code: int, message: str) -> None:
+        super().__init__(f"HTTP {status_code}: {message}")
+        self.status_code = status_code
+        self.message = message
+
+
+class KenClient:
+    """``with KenClient("http://127.0.0.1:8000", token=...) as client: client.predict("news", ["text"])``.
+
+    ``token`` is sent as a bearer token on every request (use the admin token for put/delete).
+    """
+
+    def __init__(
+        self, url: str, *, token: str | None = None, timeout: float = 60.0, transport: httpx.BaseTransport | None = None
+    ) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=url, headers=headers, timeout=timeout, transport=transport)
+
+    def put(self, task: str, data: bytes | Path) -> SubnetworkManifest:
+        """Upload a subnetwork file (its bytes, or a path to it) as ``task``."""
+        body = data.read_bytes() if isinstance(data, Path) else data
+        response = self._http.put(f"/v1/subnetworks/{task}", content=body, headers={"Content-Type": OCTET_STREAM})
+        return SubnetworkManifest.model_validate(self._json(response))
+
+    def list(self) -> list[SubnetworkManifest]:
+        return SubnetworkList.model_validate(self._json(self._http.get("/v1/subnetworks"))).subnetworks
+
+    def get(self, task: str) -> SubnetworkManifest:
+        return SubnetworkManifest.model_validate(self._json(self._http.get(f"/v1/subnetworks/{task}")))
+
+    def delete(self, task: str) -> SubnetworkManifest:
+        return SubnetworkManifest.model_validate(self._json(self._http.delete(f"/v1/subnetworks/{task}")))
+
+    def predict(
+        self, task: str, inputs: Sequence[str], *, top_k: int = 1, return_logits: bool = False
+    ) -> PredictResponse:
+        body = {"task": task, "inputs": list(inputs), "top_k": top_k, "return_logits": return_logits}
+        return PredictResponse.model_validate(self._json(self._http.post("/v1/predict", json=body)))
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> KenClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @staticmethod
+    def _json(response: httpx.Response) -> Any:
+        if response.is_success:
+            return response.json()
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        raise KenServiceError(response.status_code, detail if isinstance(detail, str) else str(detail))

@@ -1,0 +1,6 @@
+"""The inference engine: one owner thread holds the backbone; requests queue per task and are served in batches."""
+
+from service.engine.backbone import ResidentBackbone, load_backbone
+from service.engine.engine import InferenceEngine, IntegrityReport, Prediction
+
+__all__ = ["InferenceEngine", "IntegrityReport", "Prediction", "ResidentBackbone", "load_backbone"]

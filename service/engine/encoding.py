@@ -1,0 +1,49 @@
+"""Tokenisation, done in the request path (worker threads), never by the backbone owner."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+Features = dict[str, list[int]]
+
+
+@dataclass(frozen=True)
+class EncodedTexts:
+    """One request's texts as token ids (unpadded), and whether each was cut to the length limit."""
+
+    features: list[Features]
+    truncated: list[bool]
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+
+class TextEncoder:
+    """Turns texts into model inputs, truncated to ``max_length`` tokens (a fast tokenizer is required)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def encode(self, texts: Sequence[str]) -> EncodedTexts:
+        batch = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
+        names = list(batch.keys())
+        features = [{name: batch[name][i] for name in names} for i in range(len(texts))]
+        # With truncation on, a fast tokenizer keeps what it cut off in `overflowing`.
+        truncated = [bool(encoding.overflowing) for encoding in batch.encodings]
+        return EncodedTexts(features, truncated)
+
+    def collate(self, features: Sequence[Features]) -> dict[str, torch.Tensor]:
+        """Right-pad a batch to its longest input: ``input_ids`` with the pad token, everything else with 0."""
+        longest = max(len(f["input_ids"]) for f in features)
+        out: dict[str, torch.Tensor] = {}
+        for name in features[0]:
+            pad = self.pad_token_id if name == "input_ids" else 0
+            rows = [f[name] + [pad] * (longest - len(f[name])) for f in features]
+            out[name] = torch.tensor(rows, dtype=torch.long)
+        return out

@@ -1,0 +1,136 @@
+"""The inference engine: the async face of the backbone owner, the delta cache and the tokenizer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+
+import ken
+from service.engine.backbone import ResidentBackbone
+from service.engine.encoding import TextEncoder
+from service.engine.owner import BackboneOwner
+from service.engine.resolver import TaskResolver
+from service.engine.scheduler import TaskQueues, WorkItem
+from service.errors import EngineStopped
+from service.metrics import ServiceMetrics
+from service.settings import SchedulingMode, Settings
+from service.store import SubnetworkStore
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Raw results for one request; the API turns them into labels and scores."""
+
+    task: str
+    version: int
+    labels: list[str]
+    logits: torch.Tensor  # float32 [inputs, labels]
+    truncated: list[bool]
+
+    def probabilities(self) -> torch.Tensor:
+        return torch.softmax(self.logits, dim=-1)
+
+
+@dataclass(frozen=True)
+class IntegrityReport:
+    checksum: str
+    pristine_checksum: str
+
+    @property
+    def intact(self) -> bool:
+        return self.checksum == self.pristine_checksum
+
+
+class InferenceEngine:
+    """Answers ``predict(task, texts)``: resolve the task's delta, tokenise, queue for the owner, await logits.
+
+    Everything here runs on the event loop or in worker threads; only the :class:`BackboneOwner`
+    thread touches the backbone's weights.
+    """
+
+    def __init__(
+        self, backbone: ResidentBackbone, store: SubnetworkStore, settings: Settings, metrics: ServiceMetrics
+    ) -> None:
+        self.backbone = backbone
+        self._metrics = metrics
+        self._encoder = TextEncoder(backbone.tokenizer, backbone.max_length)
+        self._resolver = TaskResolver(
+            store,
+            backbone,
+            metrics,
+            device_budget=settings.device_cache_bytes,
+            host_budget=settings.host_cache_bytes,
+        )
+        swap_per_request = settings.scheduling is SchedulingMode.SWAP_PER_REQUEST
+        self._queues = TaskQueues(
+            max_batch_inputs=settings.max_batch_size,
+            max_wait_s=settings.max_wait_ms / 1000,
+            max_consecutive=settings.max_consecutive_batches,
+            one_request_per_batch=swap_per_request,
+        )
+        self._owner = BackboneOwner(
+            backbone,
+            self._encoder,
+            self._queues,
+            metrics,
+            max_batch_inputs=settings.max_batch_size,
+            keep_applied=not swap_per_request,
+        )
+        store.subscribe(self._resolver.invalidate)
+
+    @property
+    def running(self) -> bool:
+        return self._owner.alive
+
+    def start(self) -> None:
+        self._owner.start()
+
+    async def stop(self) -> None:
+        """Fail queued work, let the owner revert and exit."""
+        self._queues.close()
+        await asyncio.to_thread(self._owner.join)
+
+    async def predict(self, task: str, texts: Sequence[str]) -> Prediction:
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            staged = await self._resolver.resolve(task)
+            encoded = await asyncio.to_thread(self._encoder.encode, texts)
+            item = WorkItem(staged, encoded)
+            self._queues.submit(item)
+            self._metrics.queued_requests.set(self._queues.pending_requests)
+            logits = await asyncio.wrap_future(item.future)
+            outcome = "ok"
+        finally:
+            self._metrics.inference_requests.labels(task, outcome).inc()
+            self._metrics.inference_latency.observe(time.perf_counter() - started)
+        self._metrics.inference_inputs.labels(task).inc(len(texts))
+        return Prediction(task, staged.version, staged.labels, logits, encoded.truncated)
+
+    async def verify_integrity(self) -> IntegrityReport:
+        """Checksum the weights on the owner thread, after reverting any applied delta."""
+        checksum = await self._on_owner(self._owner.pristine_checksum)
+        return IntegrityReport(checksum, self.backbone.pristine_checksum)
+
+    async def check_head(self, subnetwork: ken.Subnetwork) -> None:
+        """Build (and drop) the subnetwork's task model, which fails on any missing or misshapen head tensor.
+
+        Runs on the owner thread: see :class:`~service.engine.staged.StagedTask` for why.
+        """
+        await self._on_owner(lambda: ken.attach_head(self.backbone.model, subnetwork.info, subnetwork.head))
+
+    def offer(self, task: str, version: int, subnetwork: ken.Subnetwork) -> None:
+        """Keep a subnetwork just uploaded through this instance in the host tier."""
+        self._resolver.offer(task, version, subnetwork)
+
+    async def _on_owner(self, function: Callable[[], T]) -> T:
+        if not self.running:
+            raise EngineStopped("the inference engine is not running")
+        return await asyncio.wrap_future(self._queues.submit_control(function))

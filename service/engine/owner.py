@@ -1,0 +1,155 @@
+"""The backbone owner: the one thread that writes the backbone's weights (swaps) and runs forward passes."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import torch
+
+from service.engine.backbone import ResidentBackbone
+from service.engine.encoding import TextEncoder
+from service.engine.scheduler import Batch, ControlJob, TaskQueues
+from service.engine.staged import StagedTask
+from service.metrics import ServiceMetrics
+
+logger = logging.getLogger(__name__)
+
+
+class BackboneOwner:
+    """Drains :class:`TaskQueues`: per batch, swap the task's delta in, run the forward pass, answer.
+
+    In batched mode the delta stays applied after a batch and is reverted only when another task
+    (or a control job that needs the pristine weights) comes next, so a run of one task costs one
+    swap. In swap-per-request mode every batch (one request) is applied and reverted. A batch that
+    raises is failed alone, after the backbone has been restored.
+    """
+
+    def __init__(
+        self,
+        backbone: ResidentBackbone,
+        encoder: TextEncoder,
+        queues: TaskQueues,
+        metrics: ServiceMetrics,
+        *,
+        max_batch_inputs: int,
+        keep_applied: bool,
+    ) -> None:
+        self._backbone = backbone
+        self._encoder = encoder
+        self._queues = queues
+        self._metrics = metrics
+        self._max_batch_inputs = max_batch_inputs
+        self._keep_applied = keep_applied
+        self._applied: StagedTask | None = None
+        self._thread = threading.Thread(target=self._run, name="ken-backbone-owner", daemon=True)
+        self.failure: BaseException | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    # -- control jobs (run on the owner thread through TaskQueues.submit_control) -------------------
+
+    def pristine_checksum(self) -> str:
+        """Revert whatever is applied, then checksum the weights."""
+        self._restore()
+        return self._backbone.checksum()
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            with torch.no_grad():
+                while (job := self._queues.next_job()) is not None:
+                    if isinstance(job, ControlJob):
+                        self._run_control(job)
+                    else:
+                        self._run_batch(job)
+                self._restore()
+        except BaseException as exc:  # the weights may be damaged: stop serving rather than serve wrong answers
+            self.failure = exc
+            logger.critical("backbone owner crashed; the engine stops", exc_info=exc)
+            self._queues.close()
+
+    def _run_control(self, job: ControlJob) -> None:
+        if not job.future.set_running_or_notify_cancel():
+            return
+        try:
+            job.future.set_result(job.run())
+        except Exception as exc:
+            job.future.set_exception(exc)
+
+    def _run_batch(self, batch: Batch) -> None:
+        staged = batch.staged
+        started = time.monotonic()
+        for item in batch.items:
+            self._metrics.queue_wait.observe(started - item.enqueued_at)
+        self._metrics.queued_requests.set(self._queues.pending_requests)
+        try:
+            self._switch_to(staged)
+            logits = self._forward(staged, batch)
+            if not self._keep_applied:
+                self._restore()
+        except Exception as exc:
+            try:
+                self._restore()  # restored before anything else runs; if even this fails, the owner crashes
+            finally:
+                self._metrics.failed_batches.labels(staged.task).inc()
+                logger.exception("batch failed", extra={"task": staged.task, "version": staged.version})
+                for item in batch.items:
+                    item.future.set_exception(exc)
+            return
+        offset = 0
+        for item in batch.items:
+            item.future.set_result(logits[offset : offset + item.size])
+            offset += item.size
+
+    def _switch_to(self, staged: StagedTask) -> None:
+        if self._applied is staged:
+            return
+        self._restore()
+        staged.complete_on_owner(self._backbone)
+        assert staged.prepared is not None
+        started = time.perf_counter()
+        self._applied = staged  # before applying: a half-applied delta must be reverted too
+        staged.prepared.apply(self._backbone.flat)
+        self._synchronize()
+        self._metrics.swap_time.labels(staged.task, "apply").observe(time.perf_counter() - started)
+        self._metrics.swaps.labels(staged.task).inc()
+
+    def _restore(self) -> None:
+        """Revert the applied delta, if any: the backbone is pristine afterwards."""
+        applied = self._applied
+        if applied is None:
+            return
+        assert applied.prepared is not None
+        started = time.perf_counter()
+        applied.prepared.revert(self._backbone.flat)
+        self._synchronize()
+        self._applied = None
+        self._metrics.swap_time.labels(applied.task, "revert").observe(time.perf_counter() - started)
+
+    def _forward(self, staged: StagedTask, batch: Batch) -> torch.Tensor:
+        assert staged.model is not None
+        features = [feature for item in batch.items for feature in item.encoded.features]
+        started = time.perf_counter()
+        chunks = []
+        for start in range(0, len(features), self._max_batch_inputs):
+            inputs = self._encoder.collate(features[start : start + self._max_batch_inputs])
+            inputs = {name: tensor.to(self._backbone.device) for name, tensor in inputs.items()}
+            chunks.append(staged.model(**inputs).logits.float().cpu())
+        self._metrics.forward_time.observe(time.perf_counter() - started)
+        self._metrics.batch_size.observe(len(features))
+        return torch.cat(chunks)
+
+    def _synchronize(self) -> None:
+        if self._backbone.device.type == "cuda":
+            torch.cuda.synchronize(self._backbone.device)

@@ -1,0 +1,74 @@
+"""A task version staged for the backbone owner: delta plan on the device, head, labels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel
+
+import ken
+from ken.taskmodel import task_config
+from service.engine.backbone import ResidentBackbone
+
+
+def task_labels(info: ken.SubnetworkInfo) -> list[str]:
+    """The task's label names by class index, as its model config defines them."""
+    config = task_config(info)
+    return [str(config.id2label[i]) for i in range(config.num_labels)]
+
+
+def subnetwork_nbytes(subnetwork: ken.Subnetwork) -> int:
+    """Host memory held by a parsed subnetwork's tensors."""
+    tensors = [t for d in subnetwork.deltas.values() for t in (d.indptr, d.indices, d.values)]
+    tensors += list(subnetwork.head.values())
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+@dataclass(eq=False)  # identity semantics: the scheduler queues requests per StagedTask object
+class StagedTask:
+    """One version of one task, ready to be swapped in.
+
+    Built off the owner thread (:func:`stage_task`: the delta plan reads only the backbone's layout).
+    The owner completes it on first use with :meth:`complete_on_owner`, because both remaining
+    steps must run there: capturing the original values needs a pristine backbone, and building
+    the task model instantiates a transformers class, which briefly changes torch's process-wide
+    default dtype and would leak into a forward pass running in another thread.
+    """
+
+    task: str
+    version: int
+    labels: list[str]
+    info: ken.SubnetworkInfo
+    head: dict[str, torch.Tensor]
+    plan: ken.DeltaPlan
+    nbytes: int  # device bytes once complete: positions, values, originals and head
+    model: PreTrainedModel | None = None
+    prepared: ken.PreparedDelta | None = None
+
+    def complete_on_owner(self, backbone: ResidentBackbone) -> None:
+        """Build the task model and capture the originals; owner thread only, backbone pristine."""
+        if self.model is None:
+            self.model = ken.attach_head(backbone.model, self.info, self.head)
+        if self.prepared is None:
+            self.prepared = ken.PreparedDelta(self.plan, backbone.flat)
+
+
+def stage_task(task: str, version: int, subnetwork: ken.Subnetwork, backbone: ResidentBackbone) -> StagedTask:
+    """Stage a parsed subnetwork (any thread): plan its delta on the backbone's device."""
+    plan = ken.DeltaPlan(subnetwork, backbone.flat)
+    # Fresh (allocator-aligned) copies: a parsed file's tensors sit wherever its bytes landed, and
+    # CPU matmul kernels may round differently at the last bit depending on alignment.
+    head = {name: tensor.to(dtype=backbone.dtype, copy=True) for name, tensor in subnetwork.head.items()}
+    element = torch.empty((), dtype=backbone.dtype).element_size()
+    head_bytes = sum(t.numel() for t in head.values()) * element
+    nbytes = plan.indices.numel() * plan.indices.element_size() + 2 * plan.values.numel() * element + head_bytes
+    return StagedTask(
+        task=task,
+        version=version,
+        labels=task_labels(subnetwork.info),
+        info=subnetwork.info,
+        head=head,
+        plan=plan,
+        nbytes=nbytes,
+    )

@@ -1,0 +1,74 @@
+"""Prometheus metrics of one service instance, in a registry of its own (several apps can coexist in a process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+SWAP_BUCKETS = (0.00001, 0.00003, 0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class ServiceMetrics:
+    """Every metric the service exports. Safe to update from any thread (prometheus_client locks)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        self.http_requests = Counter(
+            "ken_http_requests", "HTTP requests answered.", ["method", "route", "status"], registry=registry
+        )
+        self.http_latency = Histogram(
+            "ken_http_request_duration_seconds",
+            "Time to answer an HTTP request.",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.inference_requests = Counter(
+            "ken_inference_requests", "Inference requests per task and outcome.", ["task", "outcome"], registry=registry
+        )
+        self.inference_inputs = Counter(
+            "ken_inference_inputs", "Texts classified per task.", ["task"], registry=registry
+        )
+        self.inference_latency = Histogram(
+            "ken_inference_duration_seconds",
+            "Engine time of an inference request: delta lookup, tokenisation, queue, swap and forward.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.queue_wait = Histogram(
+            "ken_queue_wait_seconds",
+            "Time a request waited in the queue before its batch started.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.queued_requests = Gauge("ken_queued_requests", "Requests waiting for the backbone.", registry=registry)
+        self.batch_size = Histogram(
+            "ken_batch_size_inputs", "Inputs per batch (one task).", buckets=BATCH_BUCKETS, registry=registry
+        )
+        self.forward_time = Histogram(
+            "ken_forward_seconds", "Time of a batch's forward pass.", buckets=LATENCY_BUCKETS, registry=registry
+        )
+        self.swaps = Counter("ken_swaps", "Deltas applied to the backbone, per task.", ["task"], registry=registry)
+        self.swap_time = Histogram(
+            "ken_swap_seconds",
+            "Time to apply or revert a task's delta (op=apply|revert).",
+            ["task", "op"],
+            buckets=SWAP_BUCKETS,
+            registry=registry,
+        )
+        self.failed_batches = Counter("ken_failed_batches", "Batches that raised.", ["task"], registry=registry)
+        self.cache_hits = Counter("ken_cache_hits", "Delta cache hits per tier.", ["tier"], registry=registry)
+        self.cache_misses = Counter("ken_cache_misses", "Delta cache misses per tier.", ["tier"], registry=registry)
+        self.cache_bytes = Gauge(
+            "ken_cache_bytes", "Bytes held by the delta cache per tier.", ["tier"], registry=registry
+        )
+        self.cache_entries = Gauge(
+            "ken_cache_entries", "Entries in the delta cache per tier.", ["tier"], registry=registry
+        )
+        self.store_loads = Counter("ken_store_loads", "Subnetworks read from the store.", registry=registry)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)

