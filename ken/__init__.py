@@ -17,7 +17,7 @@ from ken.fileformat import load_bytes, load_file, read_info, save_bytes, save_fi
 from ken.materialize import materialize, materialized_state
 from ken.selection import kept_mask
 from ken.subnetwork import SparseRows, Subnetwork, SubnetworkInfo
-from ken.swap import DeltaPlan, FlatParameters, PreparedDelta
+from ken.swap import DeltaPlan, FlatParameters, PreparedDelta, Transition
 from ken.taskmodel import attach_head
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "Subnetwork",
     "SubnetworkFormatError",
     "SubnetworkInfo",
+    "Transition",
     "attach_head",
     "extract",
     "fingerprint",

@@ -110,3 +110,22 @@ def test_gpt2_task_model_matches_materialised_checkpoint(tiny_gpt2: TinyPair, tm
         delta.revert(flat)
         expected = reference(input_ids=ids).logits
     assert torch.equal(served, expected)
+
+
+def test_transition_equals_revert_then_apply(tiny_bert: TinyPair, tiny_bert_other_task) -> None:
+    backbone = ken.load_backbone_model(tiny_bert.base)
+    original = _snapshot(backbone)
+    flat = ken.FlatParameters(backbone)
+    first = ken.PreparedDelta.prepare(ken.extract(tiny_bert.base, tiny_bert.finetuned, k=6, progress=False), flat)
+    second = ken.PreparedDelta.prepare(ken.extract(tiny_bert.base, tiny_bert_other_task, k=9, progress=False), flat)
+    assert torch.isin(first.indices, second.indices).any()  # the two tasks share entries
+    second.apply(flat)
+    expected = flat.buffer.clone()
+    second.revert(flat)
+    first.apply(flat)
+    ken.Transition(first, second).run(flat)
+    assert torch.equal(flat.buffer, expected)
+    ken.Transition(second, first).run(flat)
+    first.revert(flat)
+    for name, tensor in backbone.state_dict().items():
+        assert torch.equal(tensor, original[name]), name
