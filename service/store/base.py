@@ -138,13 +138,17 @@ class StoredManifest:
 class SubnetworkStore(Protocol):
     """Versioned, checksummed storage of one subnetwork file per task (see the module docstring)."""
 
-    async def put(self, task: str, blob: bytes, info: dict[str, Any]) -> StoredManifest: ...
+    async def put(self, task: str, blob: bytes, info: dict[str, Any]) -> StoredManifest:
+        """Store ``blob`` as the task's next version, atomically; ValueError for a bad name or info."""
+        ...
 
     async def get(self, task: str) -> tuple[StoredManifest, bytes]:
         """The current manifest and blob, verified (CorruptSubnetwork on mismatch)."""
         ...
 
-    async def manifest(self, task: str) -> StoredManifest: ...
+    async def manifest(self, task: str) -> StoredManifest:
+        """The current manifest (blob not read nor verified). TaskNotFound if absent."""
+        ...
 
     async def list(self) -> list[StoredManifest]:
         """Every stored task's current manifest, sorted by task."""
@@ -161,13 +165,17 @@ class SubnetworkStore(Protocol):
         """Return if the backend is usable, else raise StoreUnavailable."""
         ...
 
-    def subscribe(self, callback: ChangeCallback) -> None: ...
+    def subscribe(self, callback: ChangeCallback) -> None:
+        """Call ``callback(task, version or None)`` on every change, from any instance (see above)."""
+        ...
 
     async def start(self) -> None:
         """Start the background change listener; idempotent."""
         ...
 
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Stop the listener and release connections; idempotent."""
+        ...
 
 
 class ChangeNotifier:

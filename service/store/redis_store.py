@@ -23,9 +23,10 @@ between the two reads: the reader then re-reads the manifest and retries with th
 
 Every command runs under ``socket_timeout`` (connect: ``connect_timeout``), is retried at most once
 and only after a connection error (never after a timeout), so an unreachable or hung Redis raises
-StoreUnavailable within about one timeout. Note
-that redis-py applies the timeout to a whole command, i.e. one chunk must cross the network within
-``socket_timeout``; lower ``chunk_size`` on slow links.
+StoreUnavailable within about one timeout. redis-py applies the timeout to a whole command, so one
+chunk must cross the network *and be parsed* within ``socket_timeout``: with redis-py's pure-Python
+parser a 64 MiB chunk takes about 1 s even on localhost. Lower ``chunk_size`` (a few MiB costs
+nothing measurable) or install hiredis where puts or gets of large blobs time out.
 
 Change events are JSON ``{"task": ..., "version": int | null, "origin": <instance id>}``. The
 listener started by ``start()`` reports events of other instances; those of this instance are
@@ -201,7 +202,8 @@ class RedisSubnetworkStore:
     async def put(self, task: str, blob: bytes, info: dict[str, Any]) -> StoredManifest:
         validate_task(task)
         info = normalise_info(info)
-        digest, created = sha256_hex(blob), datetime.now(timezone.utc)
+        digest = await asyncio.to_thread(sha256_hex, blob)  # tens of ms for large blobs: off the event loop
+        created = datetime.now(timezone.utc)
         body = {"task": task, "sha256": digest, "size": len(blob), "created": created.isoformat(), "info": info}
         with _unavailable_on_redis_error(f"put of {task!r}"):
             version = await self._stage_and_commit(task, blob, json.dumps(body))
@@ -245,9 +247,7 @@ class RedisSubnetworkStore:
                 if any(part is None for part in parts):
                     missing_in = manifest.version  # unlinked by a concurrent put or delete, or lost
                     continue
-                blob = b"".join(parts)
-                manifest.verify(blob)
-                return manifest, blob
+                return manifest, await asyncio.to_thread(_assemble, manifest, parts)
         raise StoreUnavailable(f"task {task!r} changed {READ_ATTEMPTS} times while being read")
 
     async def manifest(self, task: str) -> StoredManifest:
@@ -396,6 +396,12 @@ class RedisSubnetworkStore:
         else:
             self._known[task] = version
         await self._notifier.notify(task, version)
+
+
+def _assemble(manifest: StoredManifest, parts: list[bytes]) -> bytes:
+    blob = b"".join(parts)
+    manifest.verify(blob)
+    return blob
 
 
 def _parse_manifest(task: str, version: bytes, chunks: bytes, body: bytes) -> tuple[StoredManifest, int]:
