@@ -14,8 +14,9 @@ A put uploads the blob in chunks of ``chunk_size`` bytes under staging keys (one
 so every command stays small and well under Redis' 512 MB value limit), then a Lua script commits
 atomically: it INCRements the version counter (two concurrent puts get distinct versions), renames
 the staged chunks to their version-specific keys, switches the manifest, unlinks the previous
-version's chunks and publishes the change event. A failed put discards its staged chunks (or, when
-Redis is unreachable, leaves them to their TTL).
+version's chunks and publishes the change event. (The scripts derive chunk key names themselves,
+so this needs a standalone Redis or a replicated primary, not Redis Cluster.) A failed put
+discards its staged chunks (or, when Redis is unreachable, leaves them to their TTL).
 
 A reader reads the manifest, then the chunks of that version. Committed chunks never change, so
 the chunks it gets are exactly that version's, but a concurrent put or delete may unlink them
