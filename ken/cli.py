@@ -74,7 +74,12 @@ def _cmd_viz(args: argparse.Namespace) -> int:
     from ken.viz import render_all
 
     sub = ken.load_file(args.subnetwork)
-    for path in render_all(sub, Path(args.output), matrix=args.matrix, layer_pattern=args.layers):
+    backbone = None
+    if args.base:
+        backbone = ken.load_backbone_model(args.base).state_dict()
+        if ken.fingerprint(backbone) != sub.info.backbone_fingerprint:
+            raise ken.FingerprintMismatch(f"{args.subnetwork} was not extracted against {args.base}")
+    for path in render_all(sub, Path(args.output), matrix=args.matrix, layer_pattern=args.layers, backbone=backbone):
         print(path)
     return EXIT_OK
 
@@ -119,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     viz.add_argument("--output", required=True, help="folder for the PNG files")
     viz.add_argument("--matrix", help="tensor for the matrix and neighbour views (default: first key matrix)")
     viz.add_argument("--layers", help="name pattern shown across layers (default: attention key matrices)")
+    viz.add_argument("--base", help="the pretrained folder: colour by change, show tensors that store nothing")
     viz.set_defaults(handler=_cmd_viz)
 
     from ken.finetune import register as register_finetune
