@@ -34,7 +34,8 @@ DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bf
 class Settings(BaseSettings):
     """Every knob of the service; the environment variable is ``KEN_`` + the upper-cased field name."""
 
-    model_config = SettingsConfigDict(env_prefix="KEN_", extra="ignore")
+    # env_ignore_empty: `KEN_ADMIN_TOKEN=` (as compose writes an unset ${VAR:-}) means "not set", not "empty token".
+    model_config = SettingsConfigDict(env_prefix="KEN_", extra="ignore", env_ignore_empty=True)
 
     # The backbone
     backbone: Path | None = Field(
