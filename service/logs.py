@@ -8,8 +8,15 @@ import sys
 from datetime import datetime, timezone
 from typing import Any
 
-# Attributes every LogRecord has; anything else was passed with ``extra=`` and is logged as a field.
-_STANDARD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+from transformers.utils import logging as transformers_logging
+
+# Attributes every LogRecord has; anything else was passed with ``extra=`` and is logged as a field
+# (except uvicorn's ANSI-coloured duplicate of the message).
+_STANDARD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "color_message",
+}
 
 
 class JsonFormatter(logging.Formatter):
@@ -31,7 +38,11 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str = "INFO") -> None:
-    """Route the root logger (and uvicorn's, which propagate to it) to stderr as JSON lines."""
+    """Route the root logger (and uvicorn's, which propagate to it) to stderr as JSON lines.
+
+    Also turns off transformers' progress bars, which would interleave raw text with the JSON lines.
+    """
+    transformers_logging.disable_progress_bar()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()

@@ -42,6 +42,12 @@ STATUS_BY_ERROR: dict[type[Exception], int] = {
     StoreUnavailable: status.HTTP_503_SERVICE_UNAVAILABLE,
 }
 
+#: Store errors carry the backend's own wording; say first what it means for the client.
+MESSAGE_PREFIX: dict[type[Exception], str] = {
+    StoreUnavailable: "the subnetwork store is unavailable: ",
+    CorruptSubnetwork: "the stored subnetwork is corrupt: ",
+}
+
 
 def is_v2(request: Request) -> bool:
     return request.url.path == "/v2" or request.url.path.startswith("/v2/")
@@ -56,8 +62,9 @@ def error_response(
 
 async def domain_error_handler(request: Request, exc: Exception) -> JSONResponse:
     status_code = next(code for kind, code in STATUS_BY_ERROR.items() if isinstance(exc, kind))
+    prefix = next((text for kind, text in MESSAGE_PREFIX.items() if isinstance(exc, kind)), "")
     headers = {"WWW-Authenticate": "Bearer"} if status_code == status.HTTP_401_UNAUTHORIZED else None
-    return error_response(request, status_code, str(exc), headers)
+    return error_response(request, status_code, prefix + str(exc), headers)
 
 
 async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:

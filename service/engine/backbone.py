@@ -20,7 +20,6 @@ class ResidentBackbone:
     """The one backbone of the process. Its weights belong to the engine's owner thread once serving starts."""
 
     name: str
-    path: Path
     model: PreTrainedModel
     flat: ken.FlatParameters
     tokenizer: PreTrainedTokenizerBase
@@ -69,7 +68,6 @@ def load_backbone(
     parameter_count = sum(p.numel() for p in model.parameters())
     backbone = ResidentBackbone(
         name=name,
-        path=path,
         model=model,
         flat=flat,
         tokenizer=tokenizer,

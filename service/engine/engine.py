@@ -19,7 +19,7 @@ from service.engine.scheduler import TaskQueues, WorkItem
 from service.errors import EngineStopped
 from service.metrics import ServiceMetrics
 from service.settings import SchedulingMode, Settings
-from service.store import SubnetworkStore
+from service.store import SubnetworkStore, TaskNotFound
 
 T = TypeVar("T")
 
@@ -99,7 +99,7 @@ class InferenceEngine:
 
     async def predict(self, task: str, texts: Sequence[str]) -> Prediction:
         started = time.perf_counter()
-        outcome = "error"
+        task_label, outcome = task, "error"
         try:
             staged = await self._resolver.resolve(task)
             encoded = await asyncio.to_thread(self._encoder.encode, texts)
@@ -108,8 +108,12 @@ class InferenceEngine:
             self._metrics.queued_requests.set(self._queues.pending_requests)
             logits = await asyncio.wrap_future(item.future)
             outcome = "ok"
+        except TaskNotFound:
+            # Unknown names come from clients: one shared series, so they cannot inflate the label set.
+            task_label, outcome = "", "not_found"
+            raise
         finally:
-            self._metrics.inference_requests.labels(task, outcome).inc()
+            self._metrics.inference_requests.labels(task_label, outcome).inc()
             self._metrics.inference_latency.observe(time.perf_counter() - started)
         self._metrics.inference_inputs.labels(task).inc(len(texts))
         return Prediction(task, staged.version, staged.labels, logits, encoded.truncated)

@@ -147,7 +147,7 @@ class BackboneOwner:
             inputs = {name: tensor.to(self._backbone.device) for name, tensor in inputs.items()}
             chunks.append(staged.model(**inputs).logits.float().cpu())
         self._metrics.forward_time.observe(time.perf_counter() - started)
-        self._metrics.batch_size.observe(len(features))
+        self._metrics.batch_size.observe(batch.inputs)
         return torch.cat(chunks)
 
     def _synchronize(self) -> None:

@@ -113,7 +113,7 @@ class TaskResolver:
         except ken.FingerprintMismatch as exc:
             raise BackboneMismatch(f"task {task!r}: {exc}") from None
         except ken.KenError as exc:
-            raise CorruptSubnetwork(f"task {task!r}: the stored subnetwork is not usable: {exc}") from None
+            raise CorruptSubnetwork(f"task {task!r}: {exc}") from None
         return subnetwork
 
     def _report_sizes(self) -> None:

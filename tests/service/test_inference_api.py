@@ -50,7 +50,7 @@ def test_metrics_have_per_task_series(service: ServiceThread) -> None:
     for series in (
         'ken_inference_requests_total{outcome="ok",task="news"} 2.0',
         'ken_inference_requests_total{outcome="ok",task="five"} 1.0',
-        'ken_inference_requests_total{outcome="error",task="missing"} 1.0',
+        'ken_inference_requests_total{outcome="not_found",task=""} 1.0',
         'ken_inference_inputs_total{task="news"} 4.0',
         'ken_swaps_total{task="news"} 2.0',
         'ken_swaps_total{task="five"} 1.0',
