@@ -44,7 +44,6 @@ class BackboneOwner:
         self._keep_applied = keep_applied
         self._applied: StagedTask | None = None
         self._thread = threading.Thread(target=self._run, name="ken-backbone-owner", daemon=True)
-        self.failure: BaseException | None = None
 
     @property
     def alive(self) -> bool:
@@ -75,7 +74,6 @@ class BackboneOwner:
                         self._run_batch(job)
                 self._restore()
         except BaseException as exc:  # the weights may be damaged: stop serving rather than serve wrong answers
-            self.failure = exc
             logger.critical("backbone owner crashed; the engine stops", exc_info=exc)
             self._queues.close()
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
 from dataclasses import dataclass
 
 import ken
@@ -51,7 +50,7 @@ class TaskResolver:
         self._metrics = metrics
         self._device: ByteBudgetLru[str, StagedTask] = ByteBudgetLru(device_budget)
         self._host: ByteBudgetLru[str, HostEntry] = ByteBudgetLru(host_budget)
-        self._generation: defaultdict[str, int] = defaultdict(int)
+        self._generation: dict[str, int] = {}  # bumped by every store change of the task
         self._notified_version: dict[str, int | None] = {}
         self._loading: dict[tuple[str, int], asyncio.Future[StagedTask]] = {}
 
@@ -61,7 +60,7 @@ class TaskResolver:
             self._metrics.cache_hits.labels(DEVICE_TIER).inc()
             return staged
         self._metrics.cache_misses.labels(DEVICE_TIER).inc()
-        key = (task, self._generation[task])
+        key = (task, self._generation.get(task, 0))
         pending = self._loading.get(key)
         if pending is None:
             pending = asyncio.ensure_future(self._load(task, key[1]))
@@ -72,7 +71,7 @@ class TaskResolver:
 
     def invalidate(self, task: str, version: int | None) -> None:
         """A store change (``version`` None: deleted): forget every cached version of ``task`` but ``version``."""
-        self._generation[task] += 1
+        self._generation[task] = self._generation.get(task, 0) + 1
         self._notified_version[task] = version
         for tier in (self._device, self._host):
             entry = tier.peek(task)
@@ -94,12 +93,12 @@ class TaskResolver:
             self._metrics.store_loads.inc()
             subnetwork = await asyncio.to_thread(self._parse, task, blob)
             entry = HostEntry(manifest.version, subnetwork)
-            if self._generation[task] == generation:
+            if self._generation.get(task, 0) == generation:
                 self._host.put(task, entry, subnetwork_nbytes(subnetwork))
         else:
             self._metrics.cache_hits.labels(HOST_TIER).inc()
         staged = await asyncio.to_thread(stage_task, task, entry.version, entry.subnetwork, self._backbone)
-        if self._generation[task] == generation:
+        if self._generation.get(task, 0) == generation:
             self._device.put(task, staged, staged.nbytes)
         self._report_sizes()
         logger.info("task staged", extra={"task": task, "version": entry.version, "device_bytes": staged.nbytes})
