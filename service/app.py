@@ -12,6 +12,7 @@ from fastapi import FastAPI
 import service
 from service.api import predict, subnetworks, system, v2
 from service.api.error_handlers import install_error_handlers
+from service.body_limit import BodyLimitMiddleware
 from service.catalog import SubnetworkCatalog
 from service.deps import Services
 from service.engine import InferenceEngine, load_backbone
@@ -68,5 +69,11 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     for router in (subnetworks.router, predict.router, system.router, v2.health_router, v2.router):
         app.include_router(router)
-    app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes, exempt=is_upload)
+    app.add_middleware(HttpMetricsMiddleware, metrics=metrics)  # added last: outermost, so it sees every answer
     return app
+
+
+def is_upload(method: str, path: str) -> bool:
+    """Uploads stream their body against ``max_upload_bytes`` instead of ``max_request_bytes``."""
+    return method == "PUT" and path.startswith(subnetworks.router.prefix + "/")

@@ -66,6 +66,7 @@ class Settings(BaseSettings):
 
     # Limits
     max_upload_bytes: int = Field(default=256 * MiB, ge=1)
+    max_request_bytes: int = Field(default=16 * MiB, ge=1, description="Any other request body (JSON).")
     max_inputs_per_request: int = Field(default=64, ge=1)
     max_input_chars: int = Field(default=20_000, ge=1)
 

@@ -49,15 +49,19 @@ MESSAGE_PREFIX: dict[type[Exception], str] = {
 }
 
 
-def is_v2(request: Request) -> bool:
-    return request.url.path == "/v2" or request.url.path.startswith("/v2/")
+def is_v2(path: str) -> bool:
+    return path == "/v2" or path.startswith("/v2/")
+
+
+def error_content(path: str, message: str) -> dict[str, str]:
+    """The error body in the shape the route's API uses."""
+    return {"error": message} if is_v2(path) else {"detail": message}
 
 
 def error_response(
     request: Request, status_code: int, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    body = {"error": message} if is_v2(request) else {"detail": message}
-    return JSONResponse(body, status_code=status_code, headers=headers)
+    return JSONResponse(error_content(request.url.path, message), status_code=status_code, headers=headers)
 
 
 async def domain_error_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -69,7 +73,7 @@ async def domain_error_handler(request: Request, exc: Exception) -> JSONResponse
 
 async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    if not is_v2(request):
+    if not is_v2(request.url.path):
         return await request_validation_exception_handler(request, exc)
     problems = "; ".join(f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors())
     return error_response(request, status.HTTP_422_UNPROCESSABLE_CONTENT, problems)
@@ -77,7 +81,7 @@ async def validation_error_handler(request: Request, exc: Exception) -> JSONResp
 
 async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    if not is_v2(request):
+    if not is_v2(request.url.path):
         return await http_exception_handler(request, exc)  # type: ignore[return-value]
     return error_response(request, exc.status_code, str(exc.detail), exc.headers)
 

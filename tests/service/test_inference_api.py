@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import pytest
@@ -149,3 +150,21 @@ def test_python_client(service: ServiceThread, task_files: TaskFiles) -> None:
         with pytest.raises(KenServiceError) as error:
             client.get("other")
         assert error.value.status_code == 404 and "other" in error.value.message
+
+
+def test_json_bodies_are_bounded_but_uploads_have_their_own_limit(
+    make_settings: Callable[..., Settings], serve: Callable[[Settings], ServiceThread], task_files: TaskFiles
+) -> None:
+    service = serve(make_settings(max_request_bytes=1000))
+    big = {"task": "news", "inputs": ["goal " * 300]}
+    with service.client() as client:
+        declared = client.post("/v1/predict", json=big)
+        assert declared.status_code == 413 and "1000-byte limit" in declared.json()["detail"]
+        payload = json.dumps(big).encode()
+        streamed = client.post("/v1/predict", content=iter([payload[:600], payload[600:]]))  # no Content-Length
+        assert streamed.status_code == 413 and "1000-byte limit" in streamed.json()["detail"]
+        v2 = client.post("/v2/models/news/infer", content=b"x" * 2000)
+        assert v2.status_code == 413 and "limit" in v2.json()["error"]
+        # the upload (about 50 kB) is only subject to max_upload_bytes
+        assert client.put("/v1/subnetworks/news", content=task_files.news, headers=OCTET).status_code == 201
+        assert client.post("/v1/predict", json={"task": "news", "inputs": ["goal"]}).status_code == 200
