@@ -31,6 +31,12 @@ class Slot:
         return count
 
 
+#: Each tensor starts on this byte boundary inside the flat buffer, as a separately allocated tensor
+#: would: CPU kernels pick different vectorisation paths for misaligned data, and the last bits of
+#: a matmul would then depend on where a weight sits.
+ALIGN_BYTES = 64
+
+
 class FlatParameters:
     """Owns a module's floating parameters and buffers as views into one contiguous buffer."""
 
@@ -44,20 +50,25 @@ class FlatParameters:
             raise KenError(f"all backbone tensors must share one dtype and device, got {dtypes} on {devices}")
         self.dtype = dtypes.pop()
         self.device = devices.pop()
-        total = sum(t.numel() for t in state.values())
-        self.buffer = torch.empty(total, dtype=self.dtype, device=self.device)
+        align = max(1, ALIGN_BYTES // torch.empty(0, dtype=self.dtype).element_size())
+        offsets, total = [], 0
+        for tensor in state.values():
+            offsets.append(total)
+            total += -(-tensor.numel() // align) * align
+        self.buffer = torch.zeros(total + align, dtype=self.dtype, device=self.device)
+        shift = (-(self.buffer.data_ptr() // self.buffer.element_size())) % align
         self.layout: dict[str, Slot] = {}
-        offset = 0
-        for name, tensor in state.items():
-            view = self.buffer[offset : offset + tensor.numel()].view(tensor.shape)
+        for (name, tensor), offset in zip(state.items(), offsets, strict=True):
+            start = shift + offset
+            view = self.buffer[start : start + tensor.numel()].view(tensor.shape)
             view.copy_(tensor.detach())
             _rehome(module, name, tensor, view)
-            self.layout[name] = Slot(offset, tuple(tensor.shape))
-            offset += tensor.numel()
+            self.layout[name] = Slot(start, tuple(tensor.shape))
 
     @property
     def numel(self) -> int:
-        return self.buffer.numel()
+        """Entries of the tensors it owns (the buffer itself also holds alignment padding)."""
+        return sum(slot.numel for slot in self.layout.values())
 
     def check_compatible(self, subnetwork: Subnetwork) -> None:
         """Raise :class:`KenError` unless every delta names a tensor of this backbone with its shape."""

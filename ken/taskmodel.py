@@ -32,8 +32,10 @@ def task_config(info: SubnetworkInfo) -> PretrainedConfig:
 def attach_head(backbone: PreTrainedModel, info: SubnetworkInfo, head: dict[str, torch.Tensor]) -> PreTrainedModel:
     """A task model whose base model *is* ``backbone`` (shared, not copied) and whose head is ``head``.
 
-    The head tensors are cast to the backbone's dtype and device. Any tensor of the task model
-    left unset by ``head`` is an error, so a task can never run with a random head.
+    The head tensors are copied into fresh (aligned) tensors of the backbone's dtype and device:
+    tensors parsed from bytes may sit at any offset, and CPU kernels round the last bit of a
+    result differently for misaligned data. Any tensor of the task model left unset by ``head`` is
+    an error, so a task can never run with a random head.
     """
     auto_class = AUTO_CLASSES.get(info.task_type)
     if auto_class is None:
@@ -45,7 +47,7 @@ def attach_head(backbone: PreTrainedModel, info: SubnetworkInfo, head: dict[str,
     if not hasattr(model, prefix):
         raise KenError(f"{type(model).__name__} has no base model attribute {prefix!r}")
     setattr(model, prefix, backbone)
-    tensors = {name: t.to(device=parameter.device, dtype=parameter.dtype) for name, t in head.items()}
+    tensors = {name: t.to(device=parameter.device, dtype=parameter.dtype, copy=True) for name, t in head.items()}
     result = model.load_state_dict(tensors, strict=False, assign=True)
     if result.unexpected_keys:
         raise KenError(f"head tensor {result.unexpected_keys[0]!r} does not belong to {type(model).__name__}")
