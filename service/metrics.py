@@ -68,6 +68,28 @@ class ServiceMetrics:
             "ken_cache_entries", "Entries in the delta cache per tier.", ["tier"], registry=registry
         )
         self.store_loads = Counter("ken_store_loads", "Subnetworks read from the store.", registry=registry)
+        # The periodic backbone integrity check (service/engine/integrity.py).
+        self.integrity_checks = Counter(
+            "ken_integrity_checks", "Periodic backbone integrity checks run.", registry=registry
+        )
+        self.integrity_failures = Counter(
+            "ken_integrity_failures", "Periodic integrity checks that found changed weights.", registry=registry
+        )
+        self.integrity_last_check = Gauge(
+            "ken_integrity_last_check_timestamp_seconds",
+            "Unix time of the last integrity check.",
+            registry=registry,
+        )
+        self.integrity_ok = Gauge(
+            "ken_integrity_ok", "1 while every integrity check has passed, 0 after a failure.", registry=registry
+        )
+        self.integrity_ok.set(1)
+        self.integrity_check_time = Histogram(
+            "ken_integrity_check_seconds",
+            "Time of one integrity check on the owner thread.",
+            buckets=SWAP_BUCKETS,
+            registry=registry,
+        )
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

@@ -80,6 +80,16 @@ class Settings(BaseSettings):
     device_cache_bytes: int = Field(default=512 * MiB, ge=0, description="Prepared deltas and heads on the device.")
     host_cache_bytes: int = Field(default=1024 * MiB, ge=0, description="Parsed subnetworks in host memory.")
 
+    # Integrity
+    integrity_check_interval_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="Seconds between incremental backbone integrity checks on the owner thread; 0 disables them.",
+    )
+    integrity_segment_bytes: int = Field(
+        default=4 * MiB, ge=1, description="Weights hashed per integrity check (a full sweep takes several checks)."
+    )
+
     @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 from fastapi import APIRouter, Request, Response, status
+from pydantic import Field
 
 from service.api.schemas import BackboneResponse, HealthResponse, IntegrityResponse, ReadinessResponse
 from service.deps import AdminAccess, ApiAccess, EngineDep, MetricsDep
 from service.store import StoreUnavailable
 
 router = APIRouter(tags=["system"])
+
+
+class Readiness(ReadinessResponse):
+    """Readiness, with the state of the periodic backbone integrity check."""
+
+    integrity: bool = Field(description="Every periodic integrity check so far found the weights as loaded.")
+    integrity_checks: int = Field(description="Periodic integrity checks run since start-up.")
+    integrity_last_check: datetime | None = Field(description="When the last integrity check ran (UTC).")
 
 
 @router.get("/v1/backbone", dependencies=[ApiAccess])
@@ -40,9 +51,9 @@ async def healthz() -> HealthResponse:
     return HealthResponse(status="ok")
 
 
-@router.get("/readyz", responses={503: {"model": ReadinessResponse, "description": "Not ready."}})
-async def readyz(request: Request, response: Response) -> ReadinessResponse:
-    """Readiness: the backbone is loaded, its owner thread runs and the store answers."""
+@router.get("/readyz", responses={503: {"model": Readiness, "description": "Not ready."}})
+async def readyz(request: Request, response: Response) -> Readiness:
+    """Readiness: the backbone is loaded and intact, its owner thread runs and the store answers."""
     readiness = await check_readiness(request)
     if not readiness.ready:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
@@ -55,17 +66,40 @@ async def metrics(metrics: MetricsDep) -> Response:
     return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
-async def check_readiness(request: Request) -> ReadinessResponse:
+async def check_readiness(request: Request) -> Readiness:
     services = getattr(request.app.state, "services", None)
     if services is None:
-        return ReadinessResponse(ready=False, backbone=False, engine=False, store=False, detail="starting")
+        return Readiness(
+            ready=False,
+            backbone=False,
+            engine=False,
+            store=False,
+            detail="starting",
+            integrity=False,
+            integrity_checks=0,
+            integrity_last_check=None,
+        )
+    problems = []
     engine_ok = services.engine.running
-    detail = None if engine_ok else "the backbone owner is not running"
+    if not engine_ok:
+        problems.append("the backbone owner is not running")
+    integrity = services.engine.integrity.status
+    if not integrity.ok:
+        problems.append(f"backbone integrity check failed: {integrity.failure}")
     try:
         await services.store.ping()
         store_ok = True
     except StoreUnavailable as exc:
-        store_ok, detail = False, f"store unavailable: {exc}"
-    return ReadinessResponse(
-        ready=engine_ok and store_ok, backbone=True, engine=engine_ok, store=store_ok, detail=detail
+        store_ok = False
+        problems.append(f"store unavailable: {exc}")
+    last = integrity.last_check
+    return Readiness(
+        ready=engine_ok and integrity.ok and store_ok,
+        backbone=True,
+        engine=engine_ok,
+        store=store_ok,
+        detail="; ".join(problems) or None,
+        integrity=integrity.ok,
+        integrity_checks=integrity.checks,
+        integrity_last_check=None if last is None else datetime.fromtimestamp(last, timezone.utc),
     )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -13,6 +15,7 @@ import torch
 import ken
 from service.engine.backbone import ResidentBackbone
 from service.engine.encoding import TextEncoder
+from service.engine.integrity import IntegrityMonitor
 from service.engine.owner import BackboneOwner
 from service.engine.resolver import TaskResolver
 from service.engine.scheduler import TaskQueues, WorkItem
@@ -22,6 +25,7 @@ from service.settings import SchedulingMode, Settings
 from service.store import SubnetworkStore, TaskNotFound
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -84,22 +88,41 @@ class InferenceEngine:
             keep_applied=not swap_per_request,
         )
         store.subscribe(self._resolver.invalidate)
+        # Built now, while the backbone is pristine: the reference digests of the periodic check.
+        self.integrity = IntegrityMonitor(backbone.flat, metrics, segment_bytes=settings.integrity_segment_bytes)
+        self._integrity_interval = settings.integrity_check_interval_s
+        self._integrity_task: asyncio.Task[None] | None = None
 
     @property
     def running(self) -> bool:
         return self._owner.alive
 
     def start(self) -> None:
+        """Start the owner thread and, when called on an event loop, the periodic integrity checks."""
         self._owner.start()
+        if self._integrity_interval > 0:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return  # no event loop: checks run only when asked (check_integrity)
+            self._integrity_task = loop.create_task(self._check_periodically(), name="ken-integrity-checks")
 
     async def stop(self) -> None:
         """Fail queued work, let the owner revert and exit."""
+        if self._integrity_task is not None:
+            self._integrity_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._integrity_task
+            self._integrity_task = None
         self._queues.close()
         await asyncio.to_thread(self._owner.join)
 
     async def predict(self, task: str, texts: Sequence[str]) -> Prediction:
         started = time.perf_counter()
         task_label, outcome = task, "error"
+        failure = self.integrity.status.failure
+        if failure is not None:  # the weights cannot be trusted: answer nothing rather than wrong answers
+            raise EngineStopped(f"the backbone failed its integrity check, restart the service: {failure}")
         try:
             staged = await self._resolver.resolve(task)
             encoded = await asyncio.to_thread(self._encoder.encode, texts)
@@ -121,7 +144,24 @@ class InferenceEngine:
     async def verify_integrity(self) -> IntegrityReport:
         """Checksum the weights on the owner thread, after reverting any applied delta."""
         checksum = await self._on_owner(self._owner.pristine_checksum)
-        return IntegrityReport(checksum, self.backbone.pristine_checksum)
+        report = IntegrityReport(checksum, self.backbone.pristine_checksum)
+        if not report.intact:
+            self.integrity.report_failure(f"full check: weights hash to {checksum}, not {report.pristine_checksum}")
+        return report
+
+    async def check_integrity(self) -> str | None:
+        """One incremental integrity check now, on the owner thread between batches; the failure or None."""
+        return await self._on_owner(lambda: self._owner.check_integrity(self.integrity))
+
+    async def _check_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self._integrity_interval)
+            try:
+                await self.check_integrity()
+            except EngineStopped:
+                return
+            except Exception:  # a bug in the check must not end the checks silently
+                logger.exception("the periodic integrity check raised")
 
     async def check_head(self, subnetwork: ken.Subnetwork) -> None:
         """Build (and drop) the subnetwork's task model, which fails on any missing or misshapen head tensor.

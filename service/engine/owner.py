@@ -10,6 +10,7 @@ import torch
 
 from service.engine.backbone import ResidentBackbone
 from service.engine.encoding import TextEncoder
+from service.engine.integrity import IntegrityMonitor
 from service.engine.scheduler import Batch, ControlJob, TaskQueues
 from service.engine.staged import StagedTask
 from service.metrics import ServiceMetrics
@@ -61,6 +62,13 @@ class BackboneOwner:
         """Revert whatever is applied, then checksum the weights."""
         self._restore()
         return self._backbone.checksum()
+
+    def check_integrity(self, monitor: IntegrityMonitor) -> str | None:
+        """One incremental integrity check of the weights as they are now: pristine, or with one delta applied."""
+        applied = self._applied
+        if applied is None:
+            return monitor.check()
+        return monitor.check(applied.prepared, task=applied.task)
 
     # -- the loop ---------------------------------------------------------------------------------
 
