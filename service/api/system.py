@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Any
 
 from fastapi import APIRouter, Request, Response, status
 from pydantic import Field
@@ -22,7 +23,13 @@ class Readiness(ReadinessResponse):
     integrity_last_check: datetime | None = Field(description="When the last integrity check ran (UTC).")
 
 
-@router.get("/v1/backbone", dependencies=[ApiAccess])
+_AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "No bearer token."},
+    403: {"description": "Wrong bearer token, or admin routes disabled."},
+}
+
+
+@router.get("/v1/backbone", dependencies=[ApiAccess], responses=_AUTH_ERRORS)
 async def backbone(engine: EngineDep) -> BackboneResponse:
     resident = engine.backbone
     return BackboneResponse(
@@ -35,7 +42,11 @@ async def backbone(engine: EngineDep) -> BackboneResponse:
     )
 
 
-@router.get("/v1/backbone/integrity", dependencies=[AdminAccess])
+@router.get(
+    "/v1/backbone/integrity",
+    dependencies=[AdminAccess],
+    responses={**_AUTH_ERRORS, 503: {"description": "The engine is not running."}},
+)
 async def backbone_integrity(engine: EngineDep) -> IntegrityResponse:
     """Revert any applied delta (between batches) and checksum the weights: they must equal those loaded.
 
