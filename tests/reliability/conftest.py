@@ -16,7 +16,7 @@ from tests.service.conftest import (  # noqa: F401  (re-exported fixtures)
 )
 
 
-@pytest.fixture(autouse=True, scope="session")
+@pytest.fixture(autouse=True, scope="module")
 def one_torch_thread() -> Iterator[None]:
     """Tiny models on a busy 2-core machine: torch's second intra-op thread mostly spins (10x slower here)."""
     before = torch.get_num_threads()
