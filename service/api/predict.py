@@ -15,6 +15,7 @@ router = APIRouter(prefix="/v1", tags=["inference"], dependencies=[ApiAccess])
 @router.post(
     "/predict",
     responses={
+        400: {"description": "The body is not valid JSON."},
         401: {"description": "No bearer token."},
         403: {"description": "Wrong bearer token."},
         404: {"description": "No such task."},

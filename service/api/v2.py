@@ -35,6 +35,7 @@ OUTPUTS = ("label", "score", "logits", "truncated")
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": description}
     for code, description in {
+        400: "The body is not valid JSON.",
         401: "No bearer token.",
         403: "Wrong bearer token.",
         404: "No such model (task).",
