@@ -12,12 +12,14 @@ that task's fine-tune and extraction, a changed ``--k`` only the extraction.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -157,6 +159,22 @@ def ensure_subnetwork(out: Path, task: str, base: Path, k: int, *, progress: boo
     return path, True
 
 
+@contextmanager
+def build_lock(out: Path) -> Iterator[None]:
+    """One build at a time per output folder (a second one waits, then finds the work done)."""
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / ".lock").open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another build in {out} to finish", flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def build(
     out: Path,
     *,
@@ -168,11 +186,12 @@ def build(
     """Build (or confirm up to date) every task's subnetwork; returns task -> subnetwork file."""
     base = base or default_base()
     paths: dict[str, Path] = {}
-    for task in tasks or list(RECIPES):
-        path, built = ensure_subnetwork(out, task, base, k, progress=progress)
-        if not built:
-            print(f"{task}: up to date ({path})", flush=True)
-        paths[task] = path
+    with build_lock(out):
+        for task in tasks or list(RECIPES):
+            path, built = ensure_subnetwork(out, task, base, k, progress=progress)
+            if not built:
+                print(f"{task}: up to date ({path})", flush=True)
+            paths[task] = path
     return paths
 
 

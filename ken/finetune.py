@@ -190,6 +190,7 @@ def finetune(
             "torch_threads": torch.get_num_threads(),
         }
         (staging / TRAINING_LOG).write_text(json.dumps(log, indent=2) + "\n")
+        _ordinary_permissions(staging)
         if out.exists():
             shutil.rmtree(out)
         os.replace(staging, out)
@@ -197,6 +198,16 @@ def finetune(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
+
+
+def _ordinary_permissions(folder: Path) -> None:
+    """Give a ``mkdtemp`` folder (0700) and its files the modes a plain ``mkdir``/``open`` would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.iterdir():
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
 
 
 def predict_logits(
