@@ -57,7 +57,7 @@ def make_bert_pair(root: Path, *, seed: int = 0, num_labels: int = 3, hidden: in
     base_dir, ft_dir = root / "base", root / "finetuned"
     base_dir.mkdir(parents=True, exist_ok=True)
     vocab = write_vocab(base_dir)
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+    tokenizer = BertTokenizerFast(vocab=str(vocab), do_lower_case=True)
     labels = {i: LABELS[i % len(LABELS)] + ("" if i < len(LABELS) else str(i)) for i in range(num_labels)}
     config = BertConfig(
         vocab_size=len(WORDS) + 5,
