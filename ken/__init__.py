@@ -6,8 +6,9 @@ The public surface::
     sub = ken.extract(base_dir, finetuned_dir, k=100)         # a Subnetwork
     data = ken.save_bytes(sub); sub = ken.load_bytes(data)    # the file (also save_file/load_file)
     flat = ken.FlatParameters(backbone)                       # backbone weights in one buffer
-    delta = ken.PreparedDelta.prepare(sub, flat)
-    delta.apply(flat); ...; delta.revert(flat)                # bit-exact round trip
+    swapper = ken.Swapper(flat)
+    swapper.apply(ken.DeltaPlan(sub, flat)); ...; swapper.revert()   # bit-exact round trip
+    swapper.switch(other_plan)                                # task A -> task B in one pass
 """
 
 from ken.backbone import fingerprint, load_backbone_model
@@ -17,7 +18,7 @@ from ken.fileformat import load_bytes, load_file, read_info, save_bytes, save_fi
 from ken.materialize import materialize, materialized_state
 from ken.selection import kept_mask
 from ken.subnetwork import SparseRows, Subnetwork, SubnetworkInfo
-from ken.swap import DeltaPlan, FlatParameters, PreparedDelta, Transition
+from ken.swap import DeltaPlan, FlatParameters, Swapper
 from ken.taskmodel import attach_head
 
 __all__ = [
@@ -28,12 +29,11 @@ __all__ = [
     "FlatParameters",
     "IncompatibleModels",
     "KenError",
-    "PreparedDelta",
     "SparseRows",
     "Subnetwork",
     "SubnetworkFormatError",
     "SubnetworkInfo",
-    "Transition",
+    "Swapper",
     "attach_head",
     "extract",
     "fingerprint",

@@ -1,9 +1,17 @@
 """In-place apply and revert of subnetworks on a live backbone.
 
 The backbone's floating tensors are re-homed as views into one flat buffer
-(:class:`FlatParameters`), so a task's whole delta is one ``scatter_`` (a single kernel)
-and its revert another, whatever the number of tensors it touches. Revert copies the saved
-original values back; it never subtracts, so the backbone returns bit for bit.
+(:class:`FlatParameters`), so a task's delta is a list of flat positions and values
+(:class:`DeltaPlan`) whatever the number of tensors it touches. A :class:`Swapper` writes one plan
+at a time into the buffer. Before writing an entry it saves the value it overwrites in its own
+scratch buffer, and a revert copies those saved values back: it never subtracts, so the backbone
+returns bit for bit, and a task costs only its positions and values (8 bytes per entry for float32
+weights) rather than a saved copy of its originals too.
+
+On the CPU a pass over a task's entries is bound by memory traffic: a KEN subnetwork touches most
+cache lines of the weights. So the swapper walks the buffer in chunks that fit in the cache and,
+when it goes straight from task A to task B (:meth:`Swapper.switch`), restores A's entries and
+writes B's in the same chunk while its lines are cached: one pass over memory rather than two.
 """
 
 from __future__ import annotations
@@ -64,6 +72,7 @@ class FlatParameters:
             view.copy_(tensor.detach())
             _rehome(module, name, tensor, view)
             self.layout[name] = Slot(start, tuple(tensor.shape))
+        self.chunk_elements = chunk_elements_for(self.device, self.buffer.numel())
 
     @property
     def numel(self) -> int:
@@ -89,68 +98,153 @@ def _rehome(module: nn.Module, name: str, tensor: torch.Tensor, view: torch.Tens
         owner._buffers[attr] = view
 
 
-class DeltaPlan:
-    """A subnetwork's entries as flat positions and values on the backbone's device and dtype.
+#: Chunk of the flat buffer that one step of a pass covers. On the CPU 4 MB of float32: it stays in
+#: the cache between the steps of a fused switch, and leaves few enough chunks that the per-step
+#: overhead is small (measured in bench/bench_swap.py). A GPU has no such cache to keep warm, and
+#: launches cost more than bytes, so one chunk covers the whole buffer there.
+CPU_CHUNK_ELEMENTS = 1 << 20
+_INT32_MAX = 2**31 - 1
 
-    Built without touching the backbone's values (only its layout), so it can be prepared while
-    another task's delta is applied.
+
+def chunk_elements_for(device: torch.device, numel: int) -> int:
+    return CPU_CHUNK_ELEMENTS if device.type == "cpu" else max(1, numel)
+
+
+class DeltaPlan:
+    """A subnetwork's entries as sorted flat positions and values on the backbone's device and dtype.
+
+    Positions are int32 whenever the buffer allows (half the bytes of int64; kernels get int64 one
+    chunk at a time). Built from the backbone's layout alone, without reading or writing its
+    values, so it can be prepared on any thread while another task is applied.
     """
 
     def __init__(self, subnetwork: Subnetwork, flat: FlatParameters) -> None:
         flat.check_compatible(subnetwork)
         names = sorted(subnetwork.deltas, key=lambda n: flat.layout[n].offset)
-        positions = [subnetwork.deltas[n].flat_indices() + flat.layout[n].offset for n in names]
-        values = [subnetwork.deltas[n].values for n in names]
-        self.indices = (torch.cat(positions) if positions else torch.zeros(0, dtype=torch.int64)).to(flat.device)
-        self.values = (
-            torch.cat([v.to(flat.dtype) for v in values]) if values else torch.zeros(0, dtype=flat.dtype)
-        ).to(flat.device)
+        index_dtype = torch.int32 if flat.buffer.numel() <= _INT32_MAX else torch.int64
+        positions = [(subnetwork.deltas[n].flat_indices() + flat.layout[n].offset).to(index_dtype) for n in names]
+        values = [subnetwork.deltas[n].values.to(flat.dtype) for n in names]
+        self.positions = (torch.cat(positions) if positions else torch.zeros(0, dtype=index_dtype)).to(flat.device)
+        self.values = (torch.cat(values) if values else torch.zeros(0, dtype=flat.dtype)).to(flat.device)
+        edges = torch.arange(0, flat.buffer.numel() + flat.chunk_elements, flat.chunk_elements, dtype=torch.int64)
+        sorted_positions = self.positions.cpu().to(torch.int64)
+        #: entry offsets where each chunk of the buffer starts (one more than the chunks: the end)
+        self.chunk_edges: list[int] = torch.searchsorted(sorted_positions, edges).tolist()
 
     @property
     def nnz(self) -> int:
-        return self.indices.numel()
-
-
-class PreparedDelta:
-    """A :class:`DeltaPlan` plus the backbone's original values at its positions.
-
-    Capture the originals only while the backbone is pristine (no delta applied).
-    """
-
-    def __init__(self, plan: DeltaPlan, flat: FlatParameters) -> None:
-        self.indices = plan.indices
-        self.values = plan.values
-        self.originals = flat.buffer.gather(0, plan.indices)
-
-    @classmethod
-    def prepare(cls, subnetwork: Subnetwork, flat: FlatParameters) -> PreparedDelta:
-        return cls(DeltaPlan(subnetwork, flat), flat)
+        return self.positions.numel()
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.indices, self.values, self.originals))
-
-    def apply(self, flat: FlatParameters) -> None:
-        flat.buffer.scatter_(0, self.indices, self.values)
-
-    def revert(self, flat: FlatParameters) -> None:
-        flat.buffer.scatter_(0, self.indices, self.originals)
+        """Device bytes of the plan: its positions and values."""
+        return sum(t.numel() * t.element_size() for t in (self.positions, self.values))
 
 
-class Transition:
-    """Go straight from task ``source`` (applied) to task ``target``.
+class Swapper:
+    """Writes one :class:`DeltaPlan` at a time into a :class:`FlatParameters` and takes it out again.
 
-    Restores only the entries of ``source`` that ``target`` does not overwrite, then applies
-    ``target``: two scatters like revert-then-apply, but fewer bytes written when the two
-    subnetworks share entries. Build it once per pair (it costs a sorted-set difference).
+    It keeps the values each plan overwrote in two scratch buffers of its own (one for the applied
+    plan, one for the next while a switch runs), grown to the largest plan seen. It tracks how far
+    every pass got, so after an exception at any point :meth:`revert` restores exactly the entries
+    that were written, and writes only saved original values (reverting twice is harmless).
+    Not thread-safe: one thread (the backbone's owner) drives it.
     """
 
-    def __init__(self, source: PreparedDelta, target: PreparedDelta) -> None:
-        only_source = ~torch.isin(source.indices, target.indices)
-        self.restore_indices = source.indices[only_source]
-        self.restore_values = source.originals[only_source]
-        self.target = target
+    def __init__(self, flat: FlatParameters) -> None:
+        self.flat = flat
+        self._spare = torch.zeros(0, dtype=flat.dtype, device=flat.device)
+        self._saved_values = torch.zeros(0, dtype=flat.dtype, device=flat.device)
+        self._index = torch.zeros(0, dtype=torch.int64, device=flat.device)
+        self._applied: DeltaPlan | None = None
+        self._saved = 0  # entries of the applied plan whose originals are saved (a prefix)
+        self._leftover: tuple[DeltaPlan, torch.Tensor, int] | None = None  # a switch's source, restored up to an entry
 
-    def run(self, flat: FlatParameters) -> None:
-        flat.buffer.scatter_(0, self.restore_indices, self.restore_values)
-        self.target.apply(flat)
+    @property
+    def applied(self) -> DeltaPlan | None:
+        """The plan whose entries are (or may partly be) written into the buffer; None when pristine."""
+        return self._applied
+
+    @property
+    def pristine(self) -> bool:
+        return self._applied is None and self._leftover is None
+
+    @property
+    def originals(self) -> torch.Tensor:
+        """The saved original values of the applied plan's entries, in the plan's order."""
+        return self._saved_values[: self._saved]
+
+    @property
+    def scratch_nbytes(self) -> int:
+        tensors = (self._spare, self._saved_values, self._index)
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def apply(self, plan: DeltaPlan) -> None:
+        """Write ``plan`` into the pristine buffer."""
+        if not self.pristine:
+            raise KenError("another delta is applied: revert it first, or use switch()")
+        self.switch(plan)
+
+    def revert(self) -> None:
+        """Restore every entry written so far; the buffer is pristine afterwards."""
+        leftover, applied, saved = self._leftover, self._applied, self._saved
+        if leftover is not None:
+            plan, originals, restored = leftover
+            self._restore(plan, originals, restored, plan.nnz)
+            self._leftover = None
+        if applied is not None:
+            self._restore(applied, self._saved_values, 0, saved)
+            self._applied, self._saved = None, 0
+
+    def switch(self, plan: DeltaPlan | None) -> None:
+        """Go from the applied plan (if any) to ``plan`` (None: pristine) in one pass over the buffer."""
+        if plan is self._applied and self._leftover is None:
+            return
+        if self._leftover is not None:
+            self.revert()  # an earlier switch failed half way: finish restoring first
+        source, source_originals = self._applied, self._saved_values
+        if plan is None:
+            self.revert()
+            return
+        if source is not None and self._saved < source.nnz:
+            self.revert()  # an earlier apply failed half way
+            source = None
+        if self._spare.numel() < plan.nnz:
+            self._spare = torch.empty(plan.nnz, dtype=self.flat.dtype, device=self.flat.device)
+        target_originals = self._spare
+        if source is not None:
+            self._leftover = (source, source_originals, 0)
+        self._applied, self._saved = plan, 0
+        self._saved_values, self._spare = target_originals, source_originals
+        buffer = self.flat.buffer
+        for chunk in range(len(plan.chunk_edges) - 1):
+            if source is not None:
+                end = source.chunk_edges[chunk + 1]
+                self._restore(source, source_originals, source.chunk_edges[chunk], end)
+                self._leftover = (source, source_originals, end)
+            start, end = plan.chunk_edges[chunk], plan.chunk_edges[chunk + 1]
+            if end > start:
+                index = self._positions(plan, start, end)
+                torch.take(buffer, index, out=target_originals[start:end])
+                self._saved = end
+                self._put(index, plan.values[start:end])
+        self._leftover = None
+
+    def _restore(self, plan: DeltaPlan, originals: torch.Tensor, start: int, end: int) -> None:
+        if end > start:
+            self._put(self._positions(plan, start, end), originals[start:end])
+
+    def _positions(self, plan: DeltaPlan, start: int, end: int) -> torch.Tensor:
+        """The plan's positions ``start:end`` as int64 (what the kernels take), without a new allocation."""
+        positions = plan.positions[start:end]
+        if positions.dtype == torch.int64:
+            return positions
+        if self._index.numel() < end - start:
+            self._index = torch.empty(end - start, dtype=torch.int64, device=self.flat.device)
+        index = self._index[: end - start]
+        index.copy_(positions)
+        return index
+
+    def _put(self, index: torch.Tensor, values: torch.Tensor) -> None:
+        """Every write to the buffer goes through here."""
+        self.flat.buffer.put_(index, values)

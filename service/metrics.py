@@ -53,7 +53,8 @@ class ServiceMetrics:
         self.swaps = Counter("ken_swaps", "Deltas applied to the backbone, per task.", ["task"], registry=registry)
         self.swap_time = Histogram(
             "ken_swap_seconds",
-            "Time to apply or revert a task's delta (op=apply|revert).",
+            "Time to write a task's delta into the backbone: from pristine (op=apply), straight from another task's "
+            "(op=switch, one fused pass), or to take it out (op=revert).",
             ["task", "op"],
             buckets=SWAP_BUCKETS,
             registry=registry,

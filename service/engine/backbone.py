@@ -22,6 +22,7 @@ class ResidentBackbone:
     name: str
     model: PreTrainedModel
     flat: ken.FlatParameters
+    swapper: ken.Swapper  # the only writer of the weights; driven by the owner thread alone
     tokenizer: PreTrainedTokenizerBase
     fingerprint: str  # of the checkpoint as stored (what subnetworks carry), not of the cast weights
     max_length: int  # tokens per input after truncation
@@ -70,6 +71,7 @@ def load_backbone(
         name=name,
         model=model,
         flat=flat,
+        swapper=ken.Swapper(flat),
         tokenizer=tokenizer,
         fingerprint=fingerprint,
         max_length=max_length,

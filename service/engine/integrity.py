@@ -8,12 +8,12 @@ owner thread, between batches, without reverting anything:
   taken when the monitor is built (the backbone must be pristine then: the engine builds it before
   the owner thread starts);
 * each :meth:`IntegrityMonitor.check` verifies the next segment in turn (so a full sweep takes
-  ``segments`` checks). If a delta is applied, the segment is compared as it must look *with that
-  delta reverted*: a copy of the segment gets the delta's saved originals written back before
-  hashing. So a stray write anywhere, a revert that restored the wrong values, or originals that
-  were captured from a non-pristine backbone all show up;
-* if a delta is applied, every entry it wrote must hold exactly the delta's value (applied ==
-  expected, compared bit for bit): a partial or corrupted apply shows up at the next check.
+  ``segments`` checks). If a delta is applied, every entry it wrote inside the segment must hold
+  exactly the delta's value (applied == expected, compared bit for bit), and the segment is then
+  compared as it must look *with that delta reverted*: a copy of the segment gets the swapper's
+  saved originals written back before hashing. So a stray write anywhere, a partial or corrupted
+  apply, a revert that restored the wrong values, or originals that were saved from a non-pristine
+  backbone all show up within one sweep.
 
 A failure is sticky: weights that changed behind the owner's back cannot be trusted until the
 process restarts. The engine then answers inference with 503 and ``/readyz`` fails with the reason.
@@ -105,25 +105,23 @@ class IntegrityMonitor:
         with self._lock:
             return IntegrityStatus(self._checks, self._failures, self._last_check, self._failure)
 
-    def check(self, applied: ken.PreparedDelta | None = None, *, task: str | None = None) -> str | None:
-        """Verify the next segment (and the applied delta's entries); return a failure description or None.
+    def check(self, swapper: ken.Swapper | None = None, *, task: str | None = None) -> str | None:
+        """Verify the next segment (with the applied delta's entries in it); return a failure description or None.
 
-        ``applied`` is the delta currently written into the backbone (None when it is pristine), ``task``
-        its name for the message. Owner thread only.
+        ``swapper`` is the one writing the backbone (None, or one with nothing applied, when it is
+        pristine), ``task`` the applied task's name for the message. Owner thread only.
         """
         started = time.perf_counter()
-        problem = self._check_applied(applied, task) if applied is not None else None
-        if problem is None:
-            problem = self._check_segment(self._next, applied, task)
+        problem = self._check_segment(self._next, swapper, task)
         self._next = (self._next + 1) % len(self._bounds)
         self._record(problem, time.perf_counter() - started)
         return problem
 
-    def check_all(self, applied: ken.PreparedDelta | None = None, *, task: str | None = None) -> str | None:
+    def check_all(self, swapper: ken.Swapper | None = None, *, task: str | None = None) -> str | None:
         """One full sweep (every segment); owner thread only."""
         problem = None
         for _ in range(len(self._bounds)):
-            problem = self.check(applied, task=task)
+            problem = self.check(swapper, task=task)
             if problem is not None:
                 break
         return problem
@@ -134,28 +132,26 @@ class IntegrityMonitor:
 
     # -- the checks ---------------------------------------------------------------------------------
 
-    def _check_applied(self, applied: ken.PreparedDelta, task: str | None) -> str | None:
-        written = self._flat.buffer.gather(0, applied.indices)
-        wrong = as_bits(written) != as_bits(applied.values)
-        if bool(wrong.any()):
-            count = int(wrong.sum())
-            first = int(applied.indices[wrong.nonzero()[0, 0]])
-            return (
-                f"{count} of the {applied.indices.numel()} entries written by {_who(task)} do not hold the "
-                f"subnetwork's values (first at flat position {first})"
-            )
-        return None
-
-    def _check_segment(self, index: int, applied: ken.PreparedDelta | None, task: str | None) -> str | None:
+    def _check_segment(self, index: int, swapper: ken.Swapper | None, task: str | None) -> str | None:
         lo, hi = self._bounds[index]
         segment = self._flat.buffer[lo:hi]
-        if applied is not None:
-            inside = (applied.indices >= lo) & (applied.indices < hi)
-            if bool(inside.any()):
+        plan = swapper.applied if swapper is not None else None
+        if swapper is not None and plan is not None:
+            start, end = _entries_between(plan, lo, hi)
+            end = min(end, swapper.originals.numel())  # entries past a failed pass were never written
+            if end > start:
+                local = plan.positions[start:end].to(torch.int64) - lo
+                wrong = as_bits(segment.take(local)) != as_bits(plan.values[start:end])
+                if bool(wrong.any()):
+                    first = lo + int(local[wrong.nonzero()[0, 0]])
+                    return (
+                        f"{int(wrong.sum())} of the entries written by {_who(task)} in segment {index + 1}/"
+                        f"{len(self._bounds)} do not hold the subnetwork's values (first at flat position {first})"
+                    )
                 segment = segment.clone()
-                segment.scatter_(0, applied.indices[inside] - lo, applied.originals[inside])
+                segment.put_(local, swapper.originals[start:end])
         if _digest(segment) != self._digests[index]:
-            state = f"with {_who(task)} reverted" if applied is not None else "with no delta applied"
+            state = f"with {_who(task)} reverted" if plan is not None else "with no delta applied"
             return (
                 f"backbone weights changed: segment {index + 1}/{len(self._bounds)} (flat positions {lo}..{hi - 1}) "
                 f"differs from the pristine weights {state}"
@@ -182,6 +178,13 @@ class IntegrityMonitor:
                 metrics.integrity_ok.set(0)
             elif self._failure is None:
                 metrics.integrity_ok.set(1)
+
+
+def _entries_between(plan: ken.DeltaPlan, lo: int, hi: int) -> tuple[int, int]:
+    """The range of the plan's (sorted) entries whose flat positions lie in ``[lo, hi)``."""
+    bounds = torch.tensor([lo, hi], dtype=plan.positions.dtype, device=plan.positions.device)
+    start, end = torch.searchsorted(plan.positions, bounds).tolist()
+    return start, end
 
 
 def _who(task: str | None) -> str:

@@ -68,7 +68,7 @@ class BackboneOwner:
         applied = self._applied
         if applied is None:
             return monitor.check()
-        return monitor.check(applied.prepared, task=applied.task)
+        return monitor.check(self._backbone.swapper, task=applied.task)
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -119,16 +119,16 @@ class BackboneOwner:
             offset += item.size
 
     def _switch_to(self, staged: StagedTask) -> None:
+        """Make ``staged`` the applied task: an apply from pristine, or one fused pass from another task."""
         if self._applied is staged:
             return
-        self._restore()
         staged.complete_on_owner(self._backbone)
-        assert staged.prepared is not None
+        operation = "apply" if self._applied is None else "switch"
         started = time.perf_counter()
-        self._applied = staged  # before applying: a half-applied delta must be reverted too
-        staged.prepared.apply(self._backbone.flat)
+        self._applied = staged  # before writing: whatever a failed pass wrote is reverted by _restore
+        self._backbone.swapper.switch(staged.plan)
         self._synchronize()
-        self._metrics.swap_time.labels(staged.task, "apply").observe(time.perf_counter() - started)
+        self._metrics.swap_time.labels(staged.task, operation).observe(time.perf_counter() - started)
         self._metrics.swaps.labels(staged.task).inc()
 
     def _restore(self) -> None:
@@ -136,9 +136,8 @@ class BackboneOwner:
         applied = self._applied
         if applied is None:
             return
-        assert applied.prepared is not None
         started = time.perf_counter()
-        applied.prepared.revert(self._backbone.flat)
+        self._backbone.swapper.revert()
         self._synchronize()
         self._applied = None
         self._metrics.swap_time.labels(applied.task, "revert").observe(time.perf_counter() - started)

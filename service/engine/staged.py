@@ -30,10 +30,9 @@ class StagedTask:
     """One version of one task, ready to be swapped in.
 
     Built off the owner thread (:func:`stage_task`: the delta plan reads only the backbone's layout).
-    The owner completes it on first use with :meth:`complete_on_owner`, because both remaining
-    steps must run there: capturing the original values needs a pristine backbone, and building
-    the task model instantiates a transformers class, which briefly changes torch's process-wide
-    default dtype and would leak into a forward pass running in another thread.
+    The owner completes it on first use with :meth:`complete_on_owner`, because building the task
+    model instantiates a transformers class, which briefly changes torch's process-wide default
+    dtype and would leak into a forward pass running in another thread.
     """
 
     task: str
@@ -42,16 +41,13 @@ class StagedTask:
     info: ken.SubnetworkInfo
     head: dict[str, torch.Tensor]
     plan: ken.DeltaPlan
-    nbytes: int  # device bytes once complete: positions, values, originals and head
+    nbytes: int  # device bytes: positions, values and head
     model: PreTrainedModel | None = None
-    prepared: ken.PreparedDelta | None = None
 
     def complete_on_owner(self, backbone: ResidentBackbone) -> None:
-        """Build the task model and capture the originals; owner thread only, backbone pristine."""
+        """Build the task model; owner thread only."""
         if self.model is None:
             self.model = ken.attach_head(backbone.model, self.info, self.head)
-        if self.prepared is None:
-            self.prepared = ken.PreparedDelta(self.plan, backbone.flat)
 
 
 def stage_task(task: str, version: int, subnetwork: ken.Subnetwork, backbone: ResidentBackbone) -> StagedTask:
@@ -60,9 +56,7 @@ def stage_task(task: str, version: int, subnetwork: ken.Subnetwork, backbone: Re
     # Fresh (allocator-aligned) copies: a parsed file's tensors sit wherever its bytes landed, and
     # CPU matmul kernels may round differently at the last bit depending on alignment.
     head = {name: tensor.to(dtype=backbone.dtype, copy=True) for name, tensor in subnetwork.head.items()}
-    element = torch.empty((), dtype=backbone.dtype).element_size()
-    head_bytes = sum(t.numel() for t in head.values()) * element
-    nbytes = plan.indices.numel() * plan.indices.element_size() + 2 * plan.values.numel() * element + head_bytes
+    nbytes = plan.nbytes + sum(t.numel() * t.element_size() for t in head.values())
     return StagedTask(
         task=task,
         version=version,

@@ -34,13 +34,13 @@ def test_served_outputs_equal_the_materialised_checkpoint(tiny_bert: TinyPair, t
     backbone = ken.load_backbone_model(tiny_bert.base)
     flat = ken.FlatParameters(backbone)
     task = ken.attach_head(backbone, sub.info, sub.head)
-    delta = ken.PreparedDelta.prepare(sub, flat)
+    swapper = ken.Swapper(flat)
     batch = _inputs(tiny_bert)
     with torch.no_grad():
         expected = reference(**batch).logits
-        delta.apply(flat)
+        swapper.apply(ken.DeltaPlan(sub, flat))
         served = task(**batch).logits
-        delta.revert(flat)
+        swapper.revert()
         pristine = task(**batch).logits
     assert torch.equal(served, expected)
     assert not torch.equal(pristine, expected)
@@ -51,15 +51,20 @@ def test_many_cycles_restore_every_tensor_bit_for_bit(tiny_bert: TinyPair, tiny_
     original = _snapshot(backbone)
     flat = ken.FlatParameters(backbone)
     assert all(torch.equal(original[n], t) for n, t in backbone.state_dict().items())
-    deltas = [
-        ken.PreparedDelta.prepare(ken.extract(tiny_bert.base, ft, k=k, method=m, progress=False), flat)
+    plans = [
+        ken.DeltaPlan(ken.extract(tiny_bert.base, ft, k=k, method=m, progress=False), flat)
         for ft, k, m in [(tiny_bert.finetuned, 6, "ken"), (tiny_bert_other_task, 3, "magnitude")]
     ]
+    swapper = ken.Swapper(flat)
     gen = torch.Generator().manual_seed(0)
     for _ in range(200):
-        delta = deltas[int(torch.randint(0, 2, (1,), generator=gen))]
-        delta.apply(flat)
-        delta.revert(flat)
+        plan = plans[int(torch.randint(0, 2, (1,), generator=gen))]
+        if torch.rand(1, generator=gen) < 0.5:
+            swapper.switch(plan)  # straight from whatever is applied
+        else:
+            swapper.apply(plan) if swapper.pristine else swapper.switch(plan)
+            swapper.revert()
+    swapper.revert()
     for name, tensor in backbone.state_dict().items():
         assert torch.equal(tensor, original[name]), name
 
@@ -73,10 +78,10 @@ def test_revert_copies_originals_rather_than_subtracting() -> None:
         (1, 3), torch.tensor([0, 2]), torch.tensor([0, 2], dtype=torch.uint16), torch.tensor([1e8, -7.0])
     )
     info = ken.SubnetworkInfo(backbone_fingerprint="x", method="ken", k=2)
-    prepared = ken.PreparedDelta.prepare(ken.Subnetwork({"weight": delta_rows}, {}, info), flat)
-    prepared.apply(flat)
+    swapper = ken.Swapper(flat)
+    swapper.apply(ken.DeltaPlan(ken.Subnetwork({"weight": delta_rows}, {}, info), flat))
     assert module.weight.tolist() == [[1e8, 1.0, -7.0]]
-    prepared.revert(flat)
+    swapper.revert()
     assert torch.equal(module.weight, torch.tensor([[1e-8, 1.0, 3.0]]))  # (1e-8 + 1e8) - 1e8 would give 0
 
 
@@ -95,7 +100,7 @@ def test_incompatible_subnetworks_are_refused(tiny_bert: TinyPair, tiny_gpt2: Ti
     flat = ken.FlatParameters(backbone)
     gpt2_sub = ken.extract(tiny_gpt2.base, tiny_gpt2.finetuned, k=3, progress=False)
     with pytest.raises(ken.KenError, match="no floating tensor"):
-        ken.PreparedDelta.prepare(gpt2_sub, flat)
+        ken.DeltaPlan(gpt2_sub, flat)
 
 
 def test_head_must_be_complete(tiny_bert: TinyPair) -> None:
@@ -112,30 +117,103 @@ def test_gpt2_task_model_matches_materialised_checkpoint(tiny_gpt2: TinyPair, tm
     backbone = ken.load_backbone_model(tiny_gpt2.base)
     flat = ken.FlatParameters(backbone)
     task = ken.attach_head(backbone, sub.info, sub.head)
-    delta = ken.PreparedDelta.prepare(sub, flat)
+    swapper = ken.Swapper(flat)
     ids = torch.tensor([[5, 6, 7, 8, 9], [10, 11, 12, 13, 14]])
     with torch.no_grad():
-        delta.apply(flat)
+        swapper.apply(ken.DeltaPlan(sub, flat))
         served = task(input_ids=ids).logits
-        delta.revert(flat)
+        swapper.revert()
         expected = reference(input_ids=ids).logits
     assert torch.equal(served, expected)
 
 
-def test_transition_equals_revert_then_apply(tiny_bert: TinyPair, tiny_bert_other_task) -> None:
+def _two_plans(pair: TinyPair, other: object, flat: ken.FlatParameters) -> tuple[ken.DeltaPlan, ken.DeltaPlan]:
+    first = ken.DeltaPlan(ken.extract(pair.base, pair.finetuned, k=6, progress=False), flat)
+    second = ken.DeltaPlan(ken.extract(pair.base, other, k=9, progress=False), flat)
+    assert torch.isin(first.positions, second.positions).any()  # the two tasks share entries
+    return first, second
+
+
+@pytest.mark.parametrize("chunk_elements", [7, 1000, 1 << 20])
+def test_switch_equals_revert_then_apply(
+    tiny_bert: TinyPair, tiny_bert_other_task, chunk_elements: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ken.swap, "CPU_CHUNK_ELEMENTS", chunk_elements)
     backbone = ken.load_backbone_model(tiny_bert.base)
     original = _snapshot(backbone)
     flat = ken.FlatParameters(backbone)
-    first = ken.PreparedDelta.prepare(ken.extract(tiny_bert.base, tiny_bert.finetuned, k=6, progress=False), flat)
-    second = ken.PreparedDelta.prepare(ken.extract(tiny_bert.base, tiny_bert_other_task, k=9, progress=False), flat)
-    assert torch.isin(first.indices, second.indices).any()  # the two tasks share entries
-    second.apply(flat)
+    assert flat.chunk_elements == chunk_elements
+    first, second = _two_plans(tiny_bert, tiny_bert_other_task, flat)
+    swapper = ken.Swapper(flat)
+    swapper.apply(second)
     expected = flat.buffer.clone()
-    second.revert(flat)
-    first.apply(flat)
-    ken.Transition(first, second).run(flat)
+    swapper.revert()
+    swapper.apply(first)
+    swapper.switch(second)
+    assert swapper.applied is second
     assert torch.equal(flat.buffer, expected)
-    ken.Transition(second, first).run(flat)
-    first.revert(flat)
+    swapper.switch(first)
+    swapper.switch(None)
+    assert swapper.pristine
     for name, tensor in backbone.state_dict().items():
         assert torch.equal(tensor, original[name]), name
+
+
+def test_apply_refuses_to_stack_deltas(tiny_bert: TinyPair, tiny_bert_other_task) -> None:
+    flat = ken.FlatParameters(ken.load_backbone_model(tiny_bert.base))
+    first, second = _two_plans(tiny_bert, tiny_bert_other_task, flat)
+    swapper = ken.Swapper(flat)
+    swapper.apply(first)
+    with pytest.raises(ken.KenError, match="revert it first"):
+        swapper.apply(second)
+    assert swapper.applied is first
+
+
+class _FailingSwapper(ken.Swapper):
+    """Raises on the n-th write, after writing the first half of it: a pass that stops anywhere."""
+
+    def __init__(self, flat: ken.FlatParameters, fail_at: int) -> None:
+        super().__init__(flat)
+        self.writes, self.fail_at = 0, fail_at
+
+    def _put(self, index: torch.Tensor, values: torch.Tensor) -> None:
+        self.writes += 1
+        if self.writes == self.fail_at:
+            half = index.numel() // 2
+            super()._put(index[:half], values[:half])
+            raise RuntimeError("injected")
+        super()._put(index, values)
+
+
+@pytest.mark.parametrize("fail_at", range(1, 12))
+def test_revert_after_a_pass_that_stopped_anywhere_restores_everything(
+    tiny_bert: TinyPair, tiny_bert_other_task, fail_at: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ken.swap, "CPU_CHUNK_ELEMENTS", 5000)  # several chunks, so the failure lands mid-pass
+    backbone = ken.load_backbone_model(tiny_bert.base)
+    flat = ken.FlatParameters(backbone)
+    pristine = flat.buffer.clone()
+    first, second = _two_plans(tiny_bert, tiny_bert_other_task, flat)
+    swapper = _FailingSwapper(flat, fail_at)
+    try:
+        swapper.apply(first)
+        swapper.switch(second)
+        swapper.switch(first)
+    except RuntimeError:
+        pass
+    assert swapper.writes >= fail_at  # the failure did fire
+    swapper.fail_at = -1
+    swapper.revert()
+    swapper.revert()  # twice is harmless: it writes saved originals only
+    assert swapper.pristine
+    assert torch.equal(flat.buffer, pristine)
+
+
+def test_plans_hold_int32_positions_and_values_only(tiny_bert: TinyPair) -> None:
+    sub = ken.extract(tiny_bert.base, tiny_bert.finetuned, k=6, progress=False)
+    flat = ken.FlatParameters(ken.load_backbone_model(tiny_bert.base))
+    plan = ken.DeltaPlan(sub, flat)
+    assert plan.positions.dtype == torch.int32
+    assert plan.nbytes == plan.nnz * (4 + 4)
+    assert torch.all(plan.positions[1:] > plan.positions[:-1])  # sorted, distinct
+    assert plan.chunk_edges[0] == 0 and plan.chunk_edges[-1] == plan.nnz

@@ -30,39 +30,41 @@ def flip_bit(flat: ken.FlatParameters, position: int) -> None:
 def test_a_sweep_passes_on_intact_weights_pristine_or_applied(flat: ken.FlatParameters, task_files: TaskFiles) -> None:
     monitor = IntegrityMonitor(flat, segment_bytes=4096)
     assert monitor.segments > 10
-    delta = ken.PreparedDelta.prepare(task_files.news_subnetwork, flat)
+    swapper = ken.Swapper(flat)
     assert monitor.check_all() is None
-    delta.apply(flat)
-    assert monitor.check_all(delta, task="news") is None
-    delta.revert(flat)
-    assert monitor.check_all() is None
+    swapper.apply(ken.DeltaPlan(task_files.news_subnetwork, flat))
+    assert monitor.check_all(swapper, task="news") is None
+    swapper.revert()
+    assert monitor.check_all(swapper) is None
     assert monitor.status.ok and monitor.status.checks == 3 * monitor.segments
 
 
 def test_a_flipped_bit_anywhere_is_found_within_one_sweep(flat: ken.FlatParameters, task_files: TaskFiles) -> None:
-    delta = ken.PreparedDelta.prepare(task_files.news_subnetwork, flat)
-    untouched = int(torch.isin(torch.arange(flat.buffer.numel()), delta.indices, invert=True).nonzero()[-1])
+    plan = ken.DeltaPlan(task_files.news_subnetwork, flat)
+    untouched = int(torch.isin(torch.arange(flat.buffer.numel()), plan.positions.long(), invert=True).nonzero()[-1])
+    swapper = ken.Swapper(flat)
     for applied in (False, True):
         monitor = IntegrityMonitor(flat, segment_bytes=4096)
         if applied:
-            delta.apply(flat)
+            swapper.apply(plan)
         flip_bit(flat, untouched)
-        problem = monitor.check_all(delta if applied else None, task="news")
+        problem = monitor.check_all(swapper, task="news")
         assert problem is not None and "differs from the pristine weights" in problem
         assert not monitor.status.ok and monitor.status.failures == 1
         flip_bit(flat, untouched)
-        if applied:
-            delta.revert(flat)
+        swapper.revert()
 
 
 def test_a_partial_apply_is_found(flat: ken.FlatParameters, task_files: TaskFiles) -> None:
-    monitor = IntegrityMonitor(flat, segment_bytes=1 << 20)
-    delta = ken.PreparedDelta.prepare(task_files.news_subnetwork, flat)
-    half = delta.indices.numel() // 2
-    flat.buffer.scatter_(0, delta.indices[:half], delta.values[:half])  # an apply that stopped half way
-    problem = monitor.check(delta, task="news")
+    monitor = IntegrityMonitor(flat, segment_bytes=4096)
+    plan = ken.DeltaPlan(task_files.news_subnetwork, flat)
+    swapper = ken.Swapper(flat)
+    swapper.apply(plan)
+    half = plan.nnz // 2
+    flat.buffer.put_(plan.positions[half:].long(), swapper.originals[half:])  # as if the apply stopped half way
+    problem = monitor.check_all(swapper, task="news")
     assert problem is not None and "do not hold the subnetwork's values" in problem and "'news'" in problem
-    delta.revert(flat)
+    swapper.revert()
     assert IntegrityMonitor(flat).check_all() is None  # the revert restored everything (fresh monitor: not sticky)
 
 
@@ -70,13 +72,12 @@ def test_originals_captured_from_a_non_pristine_backbone_are_found(
     flat: ken.FlatParameters, task_files: TaskFiles
 ) -> None:
     monitor = IntegrityMonitor(flat, segment_bytes=1 << 20)
-    news = ken.PreparedDelta.prepare(task_files.news_subnetwork, flat)
-    news.apply(flat)
-    wrong = ken.PreparedDelta.prepare(task_files.news_subnetwork, flat)  # originals = news's values: the bug
-    news.revert(flat)
-    wrong.apply(flat)
-    assert monitor.check(wrong, task="news") is not None  # checked as "reverted": differs from pristine
-    wrong.revert(flat)  # "restores" the fine-tuned values: the backbone is now damaged
+    plan = ken.DeltaPlan(task_files.news_subnetwork, flat)
+    swapper = ken.Swapper(flat)
+    swapper.apply(plan)
+    swapper.originals[:10] = plan.values[:10]  # originals saved from a backbone that held news already: the bug
+    assert monitor.check(swapper, task="news") is not None  # checked as "reverted": differs from pristine
+    swapper.revert()  # "restores" the fine-tuned values: the backbone is now damaged
     assert monitor.check() is not None
 
 

@@ -55,8 +55,9 @@ def test_metrics_have_per_task_series(service: ServiceThread) -> None:
         'ken_inference_inputs_total{task="news"} 4.0',
         'ken_swaps_total{task="news"} 2.0',
         'ken_swaps_total{task="five"} 1.0',
-        'ken_swap_seconds_count{op="apply",task="five"} 1.0',
-        'ken_swap_seconds_count{op="revert",task="news"}',
+        'ken_swap_seconds_count{op="apply",task="news"} 1.0',  # from pristine
+        'ken_swap_seconds_count{op="switch",task="five"} 1.0',  # news -> five in one pass, no revert
+        'ken_swap_seconds_count{op="switch",task="news"} 1.0',
         "ken_queue_wait_seconds_count 3.0",
         "ken_batch_size_inputs_sum 6.0",
         "ken_forward_seconds_count 3.0",
