@@ -86,13 +86,14 @@ def library_swap_ms(subnetworks: dict[str, Path], names: list[str], repeats: int
 
     backbone = ken.load_backbone_model(common.base_dir())
     flat = ken.FlatParameters(backbone)
+    swapper = ken.Swapper(flat)
     times = []
     for name in names:
-        delta = ken.PreparedDelta.prepare(ken.load_file(subnetworks[name]), flat)
+        plan = ken.DeltaPlan(ken.load_file(subnetworks[name]), flat)
         for i in range(repeats + 2):
             started = time.perf_counter()
-            delta.apply(flat)
-            delta.revert(flat)
+            swapper.apply(plan)
+            swapper.revert()
             if i >= 2:
                 times.append(time.perf_counter() - started)
     return 1000 * statistics.median(times)
