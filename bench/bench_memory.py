@@ -3,14 +3,15 @@
 Run from the repository root:  python -m bench.bench_memory [--tasks 0 1 10 50] [--models 1 10]
 
 - ``ken serve`` with N tasks registered (``--preload``), each one actually cached: one request per
-  task, with cache budgets large enough for all of them (``KEN_DEVICE_CACHE_BYTES`` and
-  ``KEN_HOST_CACHE_BYTES`` = 16 GiB). Reported: the server's RSS (``/proc/PID/status`` VmRSS) and
-  the engine's own accounting (``ken_cache_bytes`` per tier, ``ken_cache_entries``). Tasks cycle
-  through the two fine-tunes' k=100 KEN subnetworks (``--source k100``, the default k) or through
-  all 16 benchmark subnetworks (``--source mixed16``: k in 25..200, ken and magnitude), each under
-  its own task name, so every task holds its own cache entries. Each N runs in a fresh server.
-  With ``--host-tier-off`` a second series runs with ``KEN_HOST_CACHE_BYTES=0`` (on a CPU the host
-  tier's parsed copy and the device tier's prepared delta are both in host RAM).
+  task, with a device cache large enough for all of them (``KEN_DEVICE_CACHE_BYTES`` = 16 GiB) and
+  the host tier at the service's default (none on a CPU backbone). Reported: the server's RSS
+  (``/proc/PID/status`` VmRSS) and the engine's own accounting (``ken_cache_bytes`` per tier,
+  ``ken_cache_entries``). Tasks cycle through the two fine-tunes' k=100 KEN subnetworks
+  (``--source k100``, the default k) or through all 16 benchmark subnetworks (``--source
+  mixed16``: k in 25..200, ken and magnitude), each under its own task name, so every task holds
+  its own cache entries. Each N runs in a fresh server. With ``--host-tier`` a second series also
+  keeps every parsed subnetwork in a host tier (``KEN_HOST_CACHE_BYTES`` = 16 GiB; what a GPU
+  backbone gets by default).
 - The alternative: N full fine-tuned models side by side (the subnetworks materialised, loaded with
   ``AutoModelForSequenceClassification.from_pretrained``) in a separate process
   (``bench.dedicated_server --report-rss``: Python, torch, transformers, FastAPI imported, the models loaded),
@@ -42,7 +43,9 @@ def task_files(subnetworks: dict[str, Path], count: int, source: str) -> dict[st
 
 
 def measure_ken(files: dict[str, Path], *, host_tier: bool, port: int = 18301) -> dict:
-    env = {"KEN_DEVICE_CACHE_BYTES": str(16 * GiB), "KEN_HOST_CACHE_BYTES": str(16 * GiB if host_tier else 0)}
+    env = {"KEN_DEVICE_CACHE_BYTES": str(16 * GiB)}
+    if host_tier:
+        env["KEN_HOST_CACHE_BYTES"] = str(16 * GiB)
     with tempfile.TemporaryDirectory() as tmp, common.preload_dir(files) as preload:
         command = common.ken_server_command(port, Path(tmp) / "store", preload)
         with common.server(command, port, env, name="ken-memory") as (url, pid):
@@ -82,7 +85,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, nargs="+", default=[0, 1, 10, 50])
     parser.add_argument("--models", type=int, nargs="+", default=[1, 10])
     parser.add_argument("--source", choices=["k100", "mixed16"], default="k100")
-    parser.add_argument("--host-tier-off", action="store_true", help="also measure with KEN_HOST_CACHE_BYTES=0")
+    parser.add_argument("--host-tier", action="store_true", help="also measure with a 16 GiB host tier")
     parser.add_argument("--output", type=Path, default=common.CACHE / "memory_results.json")
     args = parser.parse_args()
     started = time.monotonic()
@@ -93,7 +96,7 @@ def main() -> None:
         parser.error(f"only {len(order)} distinct fine-tuned models to load")
 
     ken_rows = []
-    for host_tier in [True, False] if args.host_tier_off else [True]:
+    for host_tier in [False, True] if args.host_tier else [False]:
         for count in args.tasks:
             row = measure_ken(task_files(subnetworks, count, args.source), host_tier=host_tier)
             row["host_tier"] = host_tier
@@ -121,7 +124,7 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for row in ken_rows:
         cached = row["device_bytes"] + row["host_bytes"]
-        label = "ken serve" + ("" if row["host_tier"] else ", host tier off")
+        label = "ken serve" + (", host tier on" if row["host_tier"] else "")
         print(f"| {label} | {row['tasks']} | {row['rss'] / MB:.0f} | "
               f"{row['rss'] / one['rss_serving']:.2f}x | {row['rss'] / one['rss_bare']:.2f}x | "
               f"{row['device_bytes'] / MB:.1f} | {row['host_bytes'] / MB:.1f} | "
@@ -131,7 +134,7 @@ def main() -> None:
               f"{row['rss_serving'] / one['rss_serving']:.2f}x | – | – | – | – |")  # fmt: skip
         print(f"| full models loaded (bare process) | {row['models']} | {row['rss_bare'] / MB:.0f} | – | "
               f"{row['rss_bare'] / one['rss_bare']:.2f}x | – | – | – |")  # fmt: skip
-    ten = next((r for r in ken_rows if r["tasks"] == 10 and r["host_tier"]), None)
+    ten = next((r for r in ken_rows if r["tasks"] == 10 and not r["host_tier"]), None)
     if ten and one:
         ratio = ten["rss"] / one["rss_serving"]
         print(f"\n- 10 KEN tasks vs one dedicated model server: {ten['rss'] / MB:.0f} / {one['rss_serving'] / MB:.0f} "

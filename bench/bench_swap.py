@@ -108,6 +108,13 @@ def swap_times(
         samples["c"].append(timed(dense_change))
         for view, saved in zip(views, backup, strict=True):
             view.copy_(saved)
+    swapper.apply(plan_b)
+    expected = buffer.clone()
+    swapper.revert()
+    swapper.apply(plan_a)
+    swapper.switch(plan_b)
+    assert torch.equal(buffer, expected), "switch A→B differs from applying B to the pristine backbone"
+    swapper.revert()
     return {key: median_ms(values[2:]) for key, values in samples.items()}
 
 

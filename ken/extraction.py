@@ -122,7 +122,7 @@ def extract(
         deltas[item.name] = _to_sparse(item, masks.get(item.name), shape)
         selected[item.name] = int(masks[item.name].sum()) if item.name in masks else 0
 
-    head = {name: ft_state[name].detach().clone() for name in alignment.head}
+    head = {name: ft_state[name].detach().cpu().clone() for name in alignment.head}
     info = SubnetworkInfo(
         backbone_fingerprint=fingerprint(base_state),
         method=method,
@@ -194,8 +194,9 @@ def _to_sparse(item: _Work, mask: torch.Tensor | None, shape: tuple[int, ...]) -
     store = mask & (changed_ft != changed_base)
     local_row, col = store.nonzero(as_tuple=True)
     values = changed_ft[local_row, col].clone()
-    counts = torch.zeros(rows, dtype=torch.int64)
+    counts = torch.zeros(rows, dtype=torch.int64, device=store.device)
     counts.index_add_(0, item.changed_rows, store.sum(dim=1))
     indptr = torch.zeros(rows + 1, dtype=torch.int64)
-    torch.cumsum(counts, dim=0, out=indptr[1:])
-    return SparseRows(shape, indptr, col.to(torch.int32).to(index_dtype), values)
+    torch.cumsum(counts.cpu(), dim=0, out=indptr[1:])
+    # a subnetwork lives in host memory whatever device the selection ran on
+    return SparseRows(shape, indptr, col.to(torch.int32).cpu().to(index_dtype), values.cpu())

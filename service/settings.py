@@ -78,7 +78,12 @@ class Settings(BaseSettings):
         default=4, ge=1, description="Batches of one task in a row before a waiting task gets its turn."
     )
     device_cache_bytes: int = Field(default=512 * MiB, ge=0, description="Prepared deltas and heads on the device.")
-    host_cache_bytes: int = Field(default=1024 * MiB, ge=0, description="Parsed subnetworks in host memory.")
+    host_cache_bytes: int | None = Field(
+        default=None,
+        ge=0,
+        description="Parsed subnetworks in host memory. Unset: 1 GiB when the backbone is on an accelerator, 0 on "
+        "the CPU, where the device tier already holds every cached task in the same RAM.",
+    )
 
     # Integrity
     integrity_check_interval_s: float = Field(

@@ -52,6 +52,16 @@ class IntegrityReport:
         return self.checksum == self.pristine_checksum
 
 
+DEFAULT_ACCELERATOR_HOST_CACHE_BYTES = 1 << 30
+
+
+def host_cache_budget(settings: Settings, device: torch.device) -> int:
+    """The host tier's byte budget: as configured, else 1 GiB beside an accelerator and none on the CPU."""
+    if settings.host_cache_bytes is not None:
+        return settings.host_cache_bytes
+    return 0 if device.type == "cpu" else DEFAULT_ACCELERATOR_HOST_CACHE_BYTES
+
+
 class InferenceEngine:
     """Answers ``predict(task, texts)``: resolve the task's delta, tokenise, queue for the owner, await logits.
 
@@ -70,7 +80,7 @@ class InferenceEngine:
             backbone,
             metrics,
             device_budget=settings.device_cache_bytes,
-            host_budget=settings.host_cache_bytes,
+            host_budget=host_cache_budget(settings, backbone.device),
         )
         swap_per_request = settings.scheduling is SchedulingMode.SWAP_PER_REQUEST
         self._queues = TaskQueues(
