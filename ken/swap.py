@@ -72,7 +72,7 @@ class FlatParameters:
             view.copy_(tensor.detach())
             _rehome(module, name, tensor, view)
             self.layout[name] = Slot(start, tuple(tensor.shape))
-        self.chunk_elements = chunk_elements_for(self.device, self.buffer.numel())
+        self.chunk_elements = chunk_elements_for(self.device)
 
     @property
     def numel(self) -> int:
@@ -100,14 +100,15 @@ def _rehome(module: nn.Module, name: str, tensor: torch.Tensor, view: torch.Tens
 
 #: Chunk of the flat buffer that one step of a pass covers. On the CPU 4 MB of float32: it stays in
 #: the cache between the steps of a fused switch, and leaves few enough chunks that the per-step
-#: overhead is small (measured in bench/bench_swap.py). A GPU has no such cache to keep warm, and
-#: launches cost more than bytes, so one chunk covers the whole buffer there.
+#: overhead is small (measured in bench/bench_swap.py). On a GPU, launches cost more than bytes:
+#: chunks there are large, just bounding the int64 position scratch (8 bytes per entry of a chunk).
 CPU_CHUNK_ELEMENTS = 1 << 20
+GPU_CHUNK_ELEMENTS = 1 << 24
 _INT32_MAX = 2**31 - 1
 
 
-def chunk_elements_for(device: torch.device, numel: int) -> int:
-    return CPU_CHUNK_ELEMENTS if device.type == "cpu" else max(1, numel)
+def chunk_elements_for(device: torch.device) -> int:
+    return CPU_CHUNK_ELEMENTS if device.type == "cpu" else GPU_CHUNK_ELEMENTS
 
 
 class DeltaPlan:
@@ -151,13 +152,8 @@ class Swapper:
     Not thread-safe: one thread (the backbone's owner) drives it.
     """
 
-    def __init__(self, flat: FlatParameters, *, int64_positions: bool | None = None) -> None:
-        """``int64_positions``: hand the kernels int64 positions (converted a chunk at a time into a
-        scratch buffer) rather than the plans' int32 ones. Default: on the CPU, where ``take``/``put_``
-        on int64 beat ``index_select``/``index_put_`` on int32 by ~30 %; not on a GPU, where the
-        conversion would be one more kernel per pass."""
+    def __init__(self, flat: FlatParameters) -> None:
         self.flat = flat
-        self._int64_positions = flat.device.type == "cpu" if int64_positions is None else int64_positions
         self._spare = torch.zeros(0, dtype=flat.dtype, device=flat.device)
         self._saved_values = torch.zeros(0, dtype=flat.dtype, device=flat.device)
         self._index = torch.zeros(0, dtype=torch.int64, device=flat.device)
@@ -230,7 +226,7 @@ class Swapper:
             start, end = plan.chunk_edges[chunk], plan.chunk_edges[chunk + 1]
             if end > start:
                 index = self._positions(plan, start, end)
-                _gather(buffer, index, out=target_originals[start:end])
+                torch.take(buffer, index, out=target_originals[start:end])
                 self._saved = end
                 self._put(index, plan.values[start:end])
         self._leftover = None
@@ -240,9 +236,12 @@ class Swapper:
             self._put(self._positions(plan, start, end), originals[start:end])
 
     def _positions(self, plan: DeltaPlan, start: int, end: int) -> torch.Tensor:
-        """The plan's positions ``start:end``, as int64 if asked for (without a new allocation)."""
+        """The plan's positions ``start:end`` as int64, without a new allocation.
+
+        ``take``/``put_`` on int64 beat ``index_select``/``index_put_`` on the int32 positions by
+        ~30 % on the CPU and were no slower on an H100, conversion included."""
         positions = plan.positions[start:end]
-        if positions.dtype == torch.int64 or not self._int64_positions:
+        if positions.dtype == torch.int64:
             return positions
         if self._index.numel() < end - start:
             self._index = torch.empty(end - start, dtype=torch.int64, device=self.flat.device)
@@ -252,14 +251,4 @@ class Swapper:
 
     def _put(self, index: torch.Tensor, values: torch.Tensor) -> None:
         """Every write to the buffer goes through here."""
-        if index.dtype == torch.int64:
-            self.flat.buffer.put_(index, values)
-        else:
-            self.flat.buffer.index_put_((index,), values)
-
-
-def _gather(buffer: torch.Tensor, index: torch.Tensor, *, out: torch.Tensor) -> None:
-    if index.dtype == torch.int64:
-        torch.take(buffer, index, out=out)
-    else:
-        torch.index_select(buffer, 0, index, out=out)
+        self.flat.buffer.put_(index, values)

@@ -134,14 +134,9 @@ def _two_plans(pair: TinyPair, other: object, flat: ken.FlatParameters) -> tuple
     return first, second
 
 
-@pytest.mark.parametrize("int64_positions", [True, False])
 @pytest.mark.parametrize("chunk_elements", [7, 1000, 1 << 20])
 def test_switch_equals_revert_then_apply(
-    tiny_bert: TinyPair,
-    tiny_bert_other_task,
-    chunk_elements: int,
-    int64_positions: bool,
-    monkeypatch: pytest.MonkeyPatch,
+    tiny_bert: TinyPair, tiny_bert_other_task, chunk_elements: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(ken.swap, "CPU_CHUNK_ELEMENTS", chunk_elements)
     backbone = ken.load_backbone_model(tiny_bert.base)
@@ -149,7 +144,7 @@ def test_switch_equals_revert_then_apply(
     flat = ken.FlatParameters(backbone)
     assert flat.chunk_elements == chunk_elements
     first, second = _two_plans(tiny_bert, tiny_bert_other_task, flat)
-    swapper = ken.Swapper(flat, int64_positions=int64_positions)
+    swapper = ken.Swapper(flat)
     swapper.apply(second)
     expected = flat.buffer.clone()
     swapper.revert()
@@ -177,8 +172,8 @@ def test_apply_refuses_to_stack_deltas(tiny_bert: TinyPair, tiny_bert_other_task
 class _FailingSwapper(ken.Swapper):
     """Raises on the n-th write, after writing the first half of it: a pass that stops anywhere."""
 
-    def __init__(self, flat: ken.FlatParameters, fail_at: int, int64_positions: bool) -> None:
-        super().__init__(flat, int64_positions=int64_positions)
+    def __init__(self, flat: ken.FlatParameters, fail_at: int) -> None:
+        super().__init__(flat)
         self.writes, self.fail_at = 0, fail_at
 
     def _put(self, index: torch.Tensor, values: torch.Tensor) -> None:
@@ -190,17 +185,16 @@ class _FailingSwapper(ken.Swapper):
         super()._put(index, values)
 
 
-@pytest.mark.parametrize("int64_positions", [True, False])
 @pytest.mark.parametrize("fail_at", range(1, 12))
 def test_revert_after_a_pass_that_stopped_anywhere_restores_everything(
-    tiny_bert: TinyPair, tiny_bert_other_task, fail_at: int, int64_positions: bool, monkeypatch: pytest.MonkeyPatch
+    tiny_bert: TinyPair, tiny_bert_other_task, fail_at: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(ken.swap, "CPU_CHUNK_ELEMENTS", 5000)  # several chunks, so the failure lands mid-pass
     backbone = ken.load_backbone_model(tiny_bert.base)
     flat = ken.FlatParameters(backbone)
     pristine = flat.buffer.clone()
     first, second = _two_plans(tiny_bert, tiny_bert_other_task, flat)
-    swapper = _FailingSwapper(flat, fail_at, int64_positions)
+    swapper = _FailingSwapper(flat, fail_at)
     try:
         swapper.apply(first)
         swapper.switch(second)
