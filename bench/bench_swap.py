@@ -84,10 +84,10 @@ def swap_times(
 ) -> dict[str, float]:
     """Median ms of the floor, apply, revert, A→B as revert+apply and as a switch, and (c)."""
     buffer = swapper.flat.buffer
-    touched_numel = sum(slot.numel for slot in touched)
-    dense_src = torch.empty(touched_numel, dtype=buffer.dtype, device=buffer.device)
-    dense_dst = torch.empty_like(dense_src)
     views = [buffer[s.offset : s.offset + s.numel] for s in touched]
+    # real bytes on both sides: an untouched torch.empty source would read the kernel's shared zero page
+    dense_src = torch.cat(views)
+    dense_dst = dense_src.clone()
     task_copies = [view.clone() for view in views]
 
     def dense_change() -> None:
