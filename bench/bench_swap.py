@@ -153,6 +153,7 @@ def main() -> None:
     parser.add_argument("--subnetworks", type=Path, default=DEFAULT_SUBNETWORKS)
     parser.add_argument("--backbone", type=Path, default=None, help="model folder (default: all-MiniLM-L6-v2)")
     parser.add_argument("--random-backbone", action="store_true")
+    parser.add_argument("--torch-ops", action="store_true", help="no fused GPU kernels: the passes as torch ops")
     args = parser.parse_args()
 
     from transformers import AutoConfig, AutoModel
@@ -170,12 +171,13 @@ def main() -> None:
     backbone = ken.load_backbone_model(base_folder)
     backbone = backbone.to(device).eval()
     flat = ken.FlatParameters(backbone)
-    swapper = ken.Swapper(flat)
+    swapper = ken.Swapper(flat, fused_kernels=False if args.torch_ops else None)
     pristine = flat.buffer.clone()
     timed = timer(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     weights = "random weights" if args.random_backbone else "real weights"
-    print(f"all-MiniLM-L6-v2 ({weights}) on {name}; torch {torch.__version__}; median of {args.repeats}")
+    passes = "fused Triton kernels" if swapper.fused_kernels else "torch ops"
+    print(f"all-MiniLM-L6-v2 ({weights}) on {name}; torch {torch.__version__}; {passes}; median of {args.repeats}")
     print()
     print(
         "| k | kept entries | floor ms | apply ms | revert ms | apply+revert ms | x floor | A→B revert+apply ms "

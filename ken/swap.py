@@ -8,10 +8,12 @@ scratch buffer, and a revert copies those saved values back: it never subtracts,
 returns bit for bit, and a task costs only its positions and values (8 bytes per entry for float32
 weights) rather than a saved copy of its originals too.
 
-On the CPU a pass over a task's entries is bound by memory traffic: a KEN subnetwork touches most
-cache lines of the weights. So the swapper walks the buffer in chunks that fit in the cache and,
-when it goes straight from task A to task B (:meth:`Swapper.switch`), restores A's entries and
-writes B's in the same chunk while its lines are cached: one pass over memory rather than two.
+A pass costs about one dense copy of the weights: a KEN subnetwork touches most cache lines (and
+GPU sectors) of the weights, and on the CPU torch's index kernels spend ~1.3 ns per entry. The
+swapper walks the buffer in chunks; going straight from task A to task B
+(:meth:`Swapper.switch`) restores A's entries and writes B's chunk by chunk, so B's pass finds the
+chunk's lines cached. On a GPU the passes run as fused Triton kernels (:mod:`ken.gpu_kernels`)
+when Triton is there. Figures: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ken import gpu_kernels
 from ken.backbone import floating_state
 from ken.errors import KenError
 from ken.subnetwork import Subnetwork
@@ -152,8 +155,10 @@ class Swapper:
     Not thread-safe: one thread (the backbone's owner) drives it.
     """
 
-    def __init__(self, flat: FlatParameters) -> None:
+    def __init__(self, flat: FlatParameters, *, fused_kernels: bool | None = None) -> None:
+        """``fused_kernels``: use :mod:`ken.gpu_kernels` (default: when Triton and a CUDA device are there)."""
         self.flat = flat
+        self._fused = gpu_kernels.available(flat.device) if fused_kernels is None else fused_kernels
         self._spare = torch.zeros(0, dtype=flat.dtype, device=flat.device)
         self._saved_values = torch.zeros(0, dtype=flat.dtype, device=flat.device)
         self._index = torch.zeros(0, dtype=torch.int64, device=flat.device)
@@ -165,6 +170,11 @@ class Swapper:
     def applied(self) -> DeltaPlan | None:
         """The plan whose entries are (or may partly be) written into the buffer; None when pristine."""
         return self._applied
+
+    @property
+    def fused_kernels(self) -> bool:
+        """Whether the passes run as fused GPU kernels (:mod:`ken.gpu_kernels`) rather than torch ops."""
+        return self._fused
 
     @property
     def pristine(self) -> bool:
@@ -217,7 +227,6 @@ class Swapper:
             self._leftover = (source, source_originals, 0)
         self._applied, self._saved = plan, 0
         self._saved_values, self._spare = target_originals, source_originals
-        buffer = self.flat.buffer
         for chunk in range(len(plan.chunk_edges) - 1):
             if source is not None:
                 end = source.chunk_edges[chunk + 1]
@@ -225,15 +234,30 @@ class Swapper:
                 self._leftover = (source, source_originals, end)
             start, end = plan.chunk_edges[chunk], plan.chunk_edges[chunk + 1]
             if end > start:
-                index = self._positions(plan, start, end)
-                torch.take(buffer, index, out=target_originals[start:end])
-                self._saved = end
-                self._put(index, plan.values[start:end])
+                self._exchange(plan, target_originals, start, end)
         self._leftover = None
 
     def _restore(self, plan: DeltaPlan, originals: torch.Tensor, start: int, end: int) -> None:
-        if end > start:
+        """Write the saved originals of the plan's entries ``start:end`` back."""
+        if end <= start:
+            return
+        if self._fused:
+            gpu_kernels.restore(self.flat.buffer, plan.positions[start:end], originals[start:end])
+        else:
             self._put(self._positions(plan, start, end), originals[start:end])
+
+    def _exchange(self, plan: DeltaPlan, saved: torch.Tensor, start: int, end: int) -> None:
+        """Save the values at the plan's entries ``start:end``, then write the plan's values there.
+
+        ``_saved`` advances only once the originals are saved, so a revert never writes unsaved ones."""
+        if self._fused:
+            gpu_kernels.exchange(self.flat.buffer, plan.positions[start:end], plan.values[start:end], saved[start:end])
+            self._saved = end
+            return
+        index = self._positions(plan, start, end)
+        torch.take(self.flat.buffer, index, out=saved[start:end])
+        self._saved = end
+        self._put(index, plan.values[start:end])
 
     def _positions(self, plan: DeltaPlan, start: int, end: int) -> torch.Tensor:
         """The plan's positions ``start:end`` as int64, without a new allocation.
