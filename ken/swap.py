@@ -106,7 +106,7 @@ def _rehome(module: nn.Module, name: str, tensor: torch.Tensor, view: torch.Tens
 #: overhead is small (measured in bench/bench_swap.py). On a GPU, launches cost more than bytes:
 #: chunks there are large, just bounding the int64 position scratch (8 bytes per entry of a chunk).
 CPU_CHUNK_ELEMENTS = 1 << 20
-GPU_CHUNK_ELEMENTS = 1 << 24
+GPU_CHUNK_ELEMENTS = 1 << 26
 _INT32_MAX = 2**31 - 1
 
 
