@@ -11,7 +11,6 @@ from fastapi import FastAPI
 
 import service
 from service.api import predict, subnetworks, system, v2
-from service.allocator import pin_mmap_threshold
 from service.api.error_handlers import install_error_handlers
 from service.body_limit import BodyLimitMiddleware
 from service.catalog import SubnetworkCatalog
@@ -32,7 +31,6 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pin_mmap_threshold()
         backbone = await asyncio.to_thread(
             load_backbone,
             settings.backbone_path(),

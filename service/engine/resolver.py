@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 
 import ken
+from service.allocator import release_freed_memory
 from service.engine.backbone import ResidentBackbone
 from service.engine.lru import ByteBudgetLru
 from service.engine.staged import StagedTask, stage_task, subnetwork_nbytes
@@ -65,9 +66,14 @@ class TaskResolver:
         if pending is None:
             pending = asyncio.ensure_future(self._load(task, key[1]))
             self._loading[key] = pending
-            pending.add_done_callback(lambda _: self._loading.pop(key, None))
+            pending.add_done_callback(lambda _: self._loaded(key))
         # shield: a client that goes away must not cancel a load other requests may be waiting on
         return await asyncio.shield(pending)
+
+    def _loaded(self, key: tuple[str, int]) -> None:
+        self._loading.pop(key, None)
+        # the load's transients (file bytes, parsed tensors) are garbage now: give their pages back
+        asyncio.get_running_loop().run_in_executor(None, release_freed_memory)
 
     def invalidate(self, task: str, version: int | None) -> None:
         """A store change (``version`` None: deleted): forget every cached version of ``task`` but ``version``."""
