@@ -75,7 +75,10 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(default=32, ge=1, description="Inputs per forward pass.")
     max_wait_ms: float = Field(default=2.0, ge=0, description="How long a batch waits to fill up.")
     max_consecutive_batches: int = Field(
-        default=4, ge=1, description="Batches of one task in a row before a waiting task gets its turn."
+        default=4,
+        ge=1,
+        description="Batches that may go to other tasks ahead of the longest-waiting request before its task gets "
+        "its turn.",
     )
     device_cache_bytes: int = Field(default=512 * MiB, ge=0, description="Prepared deltas and heads on the device.")
     host_cache_bytes: int | None = Field(

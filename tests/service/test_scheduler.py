@@ -10,7 +10,7 @@ import pytest
 
 from service.engine.encoding import EncodedTexts
 from service.engine.lru import ByteBudgetLru
-from service.engine.scheduler import Batch, TaskQueues, WorkItem, choose_task
+from service.engine.scheduler import Batch, TaskQueues, Waiting, WorkItem, choose_task
 from service.errors import EngineStopped
 
 
@@ -30,12 +30,28 @@ def next_batch(q: TaskQueues) -> Batch:
     return job
 
 
-def test_choose_task_stays_on_the_current_task_then_yields_to_the_oldest_waiter() -> None:
+def test_choose_task_prefers_the_fullest_batch_but_keeps_the_applied_task_while_it_is_half_as_full() -> None:
     a, b, c = "a", "b", "c"
-    assert choose_task({a: 5.0, b: 1.0}, current=a, streak=1, max_consecutive=2) == a  # no swap needed
-    assert choose_task({a: 5.0, b: 1.0, c: 0.5}, current=a, streak=2, max_consecutive=2) == c
-    assert choose_task({a: 5.0}, current=a, streak=99, max_consecutive=2) == a  # nobody else waits
-    assert choose_task({a: 5.0, b: 1.0}, current=None, streak=0, max_consecutive=2) == b
+    waiting = {a: Waiting(oldest=5.0, inputs=8), b: Waiting(oldest=1.0, inputs=16), c: Waiting(oldest=2.0, inputs=4)}
+    assert choose_task(waiting, current=a, passed_over=0, max_consecutive=3) == a  # 8 >= 16 / 2: no swap
+    assert choose_task(waiting, current=c, passed_over=0, max_consecutive=3) == b  # 4 < 16 / 2: the fullest
+    assert choose_task(waiting, current=None, passed_over=0, max_consecutive=3) == b
+    ties = {a: Waiting(oldest=5.0, inputs=4), b: Waiting(oldest=1.0, inputs=4)}
+    assert choose_task(ties, current=None, passed_over=0, max_consecutive=3) == b  # tie: the longest waiting
+
+
+def test_choose_task_serves_the_longest_waiting_request_after_max_consecutive_passes() -> None:
+    waiting = {"hot": Waiting(oldest=5.0, inputs=32), "cold": Waiting(oldest=1.0, inputs=1)}
+    assert choose_task(waiting, current="hot", passed_over=2, max_consecutive=3) == "hot"
+    assert choose_task(waiting, current="hot", passed_over=3, max_consecutive=3) == "cold"
+
+
+def test_mixed_queues_make_full_batches_rather_than_following_the_applied_task() -> None:
+    q = queues(max_batch_inputs=4, max_consecutive=10)
+    for task in ["a", "b", "b", "b", "b", "a"]:
+        q.submit(item(task))
+    assert next_batch(q).staged == "b"  # 4 inputs against a's 2
+    assert next_batch(q).inputs == 2  # then a's two
 
 
 def test_batches_group_one_task_up_to_the_input_budget() -> None:
@@ -43,20 +59,23 @@ def test_batches_group_one_task_up_to_the_input_budget() -> None:
     for task, inputs in [("a", 1), ("b", 1), ("a", 2), ("a", 2), ("b", 3)]:
         q.submit(item(task, inputs))
     first = next_batch(q)
-    assert first.staged == "a" and [i.size for i in first.items] == [1, 2]  # the next (2) would exceed 4
+    assert first.staged == "b" and [i.size for i in first.items] == [1, 3]  # 4 inputs, a's batch would hold 3
     second = next_batch(q)
-    assert second.staged == "a" and second.inputs == 2  # stays on "a": no swap, streak 2
+    assert second.staged == "a" and [i.size for i in second.items] == [1, 2]  # the next (2) would exceed 4
     third = next_batch(q)
-    assert third.staged == "b" and third.inputs == 4
+    assert third.staged == "a" and third.inputs == 2
 
 
 def test_a_skewed_load_does_not_starve_the_other_task() -> None:
-    q = queues(max_batch_inputs=1, max_consecutive=3)
-    for _ in range(20):
+    q = queues(max_batch_inputs=1, max_consecutive=2)
+    for _ in range(3):
         q.submit(item("hot"))
     q.submit(item("cold"))
-    order = [next_batch(q).staged for _ in range(5)]
-    assert order == ["hot", "hot", "hot", "cold", "hot"]
+    for _ in range(20):
+        q.submit(item("hot"))
+    order = [next_batch(q).staged for _ in range(7)]
+    # three older hot requests first; then two batches may go ahead of cold's request, no more
+    assert order == ["hot", "hot", "hot", "hot", "hot", "cold", "hot"]
 
 
 def test_an_oversized_request_is_a_batch_of_its_own() -> None:
