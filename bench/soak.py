@@ -413,7 +413,7 @@ def run_engine_requests(fixture: Fixture, requests: int, store_dir: Path, *, sch
     finally:
         fault.remove()
     report.faults["exception mid-forward"] += fault.fired
-    report.outcomes["swaps (apply+revert)"] = int(_total(metrics, "ken_swaps_total"))
+    report.outcomes["swaps (task changes)"] = int(_total(metrics, "ken_swaps_total"))
     report.outcomes["failed batches"] = int(_total(metrics, "ken_failed_batches_total"))
     report.buffer_compares = 1
     report.buffer_mismatches = 0 if report.final_intact else 1
