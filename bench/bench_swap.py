@@ -154,6 +154,7 @@ def main() -> None:
     parser.add_argument("--backbone", type=Path, default=None, help="model folder (default: all-MiniLM-L6-v2)")
     parser.add_argument("--random-backbone", action="store_true")
     parser.add_argument("--torch-ops", action="store_true", help="no fused GPU kernels: the passes as torch ops")
+    parser.add_argument("--keep-originals", action="store_true", help="plans keep their originals (+4 B/entry)")
     args = parser.parse_args()
 
     from transformers import AutoConfig, AutoModel
@@ -171,12 +172,13 @@ def main() -> None:
     backbone = ken.load_backbone_model(base_folder)
     backbone = backbone.to(device).eval()
     flat = ken.FlatParameters(backbone)
-    swapper = ken.Swapper(flat, fused_kernels=False if args.torch_ops else None)
+    swapper = ken.Swapper(flat, fused_kernels=False if args.torch_ops else None, keep_originals=args.keep_originals)
     pristine = flat.buffer.clone()
     timed = timer(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     weights = "random weights" if args.random_backbone else "real weights"
     passes = "fused Triton kernels" if swapper.fused_kernels else "torch ops"
+    passes += ", originals kept with the plans" if args.keep_originals else ""
     print(f"all-MiniLM-L6-v2 ({weights}) on {name}; torch {torch.__version__}; {passes}; median of {args.repeats}")
     print()
     print(

@@ -5,7 +5,8 @@ int32 -> int64, a gather of the originals, a scatter of the values. A KEN subnet
 touch most 32-byte sectors of the weights, so every extra kernel re-reads them. These kernels read
 each position once, as int32, and save the original and write the value in the same thread:
 
-* :func:`restore` writes saved originals back (a revert, or the first half of a switch);
+* :func:`scatter` writes values at positions (a revert writing saved originals back, or an apply of
+  a plan that keeps its originals);
 * :func:`exchange` saves the value at each position, then writes the new one (an apply).
 
 Used by :class:`ken.Swapper` only when Triton imports and the weights live on a CUDA device;
@@ -32,11 +33,11 @@ def available(device: torch.device) -> bool:
 if triton is not None:
 
     @triton.jit
-    def _restore_kernel(buffer, positions, originals, count, block: tl.constexpr):
+    def _scatter_kernel(buffer, positions, values, count, block: tl.constexpr):
         offsets = tl.program_id(0) * block + tl.arange(0, block)
         inside = offsets < count
         where = tl.load(positions + offsets, mask=inside)
-        tl.store(buffer + where, tl.load(originals + offsets, mask=inside), mask=inside)
+        tl.store(buffer + where, tl.load(values + offsets, mask=inside), mask=inside)
 
     @triton.jit
     def _exchange_kernel(buffer, positions, values, saved, count, block: tl.constexpr):
@@ -51,11 +52,11 @@ def _grid(count: int) -> tuple[int]:
     return ((count + BLOCK - 1) // BLOCK,)
 
 
-def restore(buffer: torch.Tensor, positions: torch.Tensor, originals: torch.Tensor) -> None:
-    """``buffer[positions] = originals`` (positions distinct)."""
+def scatter(buffer: torch.Tensor, positions: torch.Tensor, values: torch.Tensor) -> None:
+    """``buffer[positions] = values`` (positions distinct)."""
     count = positions.numel()
     if count:
-        _restore_kernel[_grid(count)](buffer, positions, originals, count, block=BLOCK)
+        _scatter_kernel[_grid(count)](buffer, positions, values, count, block=BLOCK)
 
 
 def exchange(buffer: torch.Tensor, positions: torch.Tensor, values: torch.Tensor, saved: torch.Tensor) -> None:

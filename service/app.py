@@ -38,6 +38,7 @@ def create_app(settings: Settings) -> FastAPI:
             device=settings.torch_device(),
             dtype=settings.torch_dtype,
             max_sequence_length=settings.max_sequence_length,
+            keep_originals=settings.keep_originals,
         )
         store = open_store(settings.redis_url, settings.store_dir, key_prefix=settings.redis_key_prefix)
         engine = InferenceEngine(backbone, store, settings, metrics)

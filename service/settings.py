@@ -81,6 +81,11 @@ class Settings(BaseSettings):
         "its turn.",
     )
     device_cache_bytes: int = Field(default=512 * MiB, ge=0, description="Prepared deltas and heads on the device.")
+    keep_originals: bool = Field(
+        default=False,
+        description="Keep each cached task's original backbone values next to its delta (4 more bytes per kept "
+        "float32 entry): a swap then writes without saving first, one kernel less per pass.",
+    )
     host_cache_bytes: int | None = Field(
         default=None,
         ge=0,

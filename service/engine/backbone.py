@@ -49,7 +49,13 @@ def weights_checksum(flat: ken.FlatParameters) -> str:
 
 
 def load_backbone(
-    path: Path, *, name: str, device: torch.device, dtype: torch.dtype, max_sequence_length: int | None = None
+    path: Path,
+    *,
+    name: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    max_sequence_length: int | None = None,
+    keep_originals: bool = False,
 ) -> ResidentBackbone:
     """Load the model folder at ``path`` and make it resident on ``device`` in ``dtype``.
 
@@ -71,7 +77,7 @@ def load_backbone(
         name=name,
         model=model,
         flat=flat,
-        swapper=ken.Swapper(flat),
+        swapper=ken.Swapper(flat, keep_originals=keep_originals),
         tokenizer=tokenizer,
         fingerprint=fingerprint,
         max_length=max_length,

@@ -41,7 +41,7 @@ class StagedTask:
     info: ken.SubnetworkInfo
     head: dict[str, torch.Tensor]
     plan: ken.DeltaPlan
-    nbytes: int  # device bytes: positions, values and head
+    nbytes: int  # device bytes: positions, values (originals too where kept) and head
     model: PreTrainedModel | None = None
 
     def complete_on_owner(self, backbone: ResidentBackbone) -> None:
@@ -57,6 +57,8 @@ def stage_task(task: str, version: int, subnetwork: ken.Subnetwork, backbone: Re
     # CPU matmul kernels may round differently at the last bit depending on alignment.
     head = {name: tensor.to(dtype=backbone.dtype, copy=True) for name, tensor in subnetwork.head.items()}
     nbytes = plan.nbytes + sum(t.numel() * t.element_size() for t in head.values())
+    if backbone.swapper.keep_originals:  # kept with the plan after its first apply
+        nbytes += plan.nnz * plan.values.element_size()
     return StagedTask(
         task=task,
         version=version,

@@ -134,9 +134,14 @@ def _two_plans(pair: TinyPair, other: object, flat: ken.FlatParameters) -> tuple
     return first, second
 
 
+@pytest.mark.parametrize("keep_originals", [False, True])
 @pytest.mark.parametrize("chunk_elements", [7, 1000, 1 << 20])
 def test_switch_equals_revert_then_apply(
-    tiny_bert: TinyPair, tiny_bert_other_task, chunk_elements: int, monkeypatch: pytest.MonkeyPatch
+    tiny_bert: TinyPair,
+    tiny_bert_other_task,
+    chunk_elements: int,
+    keep_originals: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(ken.swap, "CPU_CHUNK_ELEMENTS", chunk_elements)
     backbone = ken.load_backbone_model(tiny_bert.base)
@@ -144,16 +149,18 @@ def test_switch_equals_revert_then_apply(
     flat = ken.FlatParameters(backbone)
     assert flat.chunk_elements == chunk_elements
     first, second = _two_plans(tiny_bert, tiny_bert_other_task, flat)
-    swapper = ken.Swapper(flat)
+    swapper = ken.Swapper(flat, keep_originals=keep_originals)
     swapper.apply(second)
     expected = flat.buffer.clone()
     swapper.revert()
-    swapper.apply(first)
-    swapper.switch(second)
-    assert swapper.applied is second
-    assert torch.equal(flat.buffer, expected)
-    swapper.switch(first)
-    swapper.switch(None)
+    for _ in range(2):  # with keep_originals, the second round runs on the plans' kept originals
+        swapper.apply(first)
+        swapper.switch(second)
+        assert swapper.applied is second
+        assert torch.equal(flat.buffer, expected)
+        swapper.switch(first)
+        swapper.switch(None)
+    assert (first.originals is not None) is keep_originals
     assert swapper.pristine
     for name, tensor in backbone.state_dict().items():
         assert torch.equal(tensor, original[name]), name
@@ -172,8 +179,8 @@ def test_apply_refuses_to_stack_deltas(tiny_bert: TinyPair, tiny_bert_other_task
 class _FailingSwapper(ken.Swapper):
     """Raises on the n-th write, after writing the first half of it: a pass that stops anywhere."""
 
-    def __init__(self, flat: ken.FlatParameters, fail_at: int) -> None:
-        super().__init__(flat)
+    def __init__(self, flat: ken.FlatParameters, fail_at: int, keep_originals: bool = False) -> None:
+        super().__init__(flat, keep_originals=keep_originals)
         self.writes, self.fail_at = 0, fail_at
 
     def _put(self, index: torch.Tensor, values: torch.Tensor) -> None:
@@ -185,16 +192,22 @@ class _FailingSwapper(ken.Swapper):
         super()._put(index, values)
 
 
+@pytest.mark.parametrize("keep_originals", [False, True])
 @pytest.mark.parametrize("fail_at", range(1, 12))
 def test_revert_after_a_pass_that_stopped_anywhere_restores_everything(
-    tiny_bert: TinyPair, tiny_bert_other_task, fail_at: int, monkeypatch: pytest.MonkeyPatch
+    tiny_bert: TinyPair, tiny_bert_other_task, fail_at: int, keep_originals: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(ken.swap, "CPU_CHUNK_ELEMENTS", 5000)  # several chunks, so the failure lands mid-pass
     backbone = ken.load_backbone_model(tiny_bert.base)
     flat = ken.FlatParameters(backbone)
     pristine = flat.buffer.clone()
     first, second = _two_plans(tiny_bert, tiny_bert_other_task, flat)
-    swapper = _FailingSwapper(flat, fail_at)
+    swapper = _FailingSwapper(flat, -1, keep_originals)
+    if keep_originals:  # both plans keep their originals already: the failures hit the kept-originals passes
+        for plan in (first, second):
+            swapper.apply(plan)
+            swapper.revert()
+    swapper.writes, swapper.fail_at = 0, fail_at
     try:
         swapper.apply(first)
         swapper.switch(second)
@@ -217,3 +230,20 @@ def test_plans_hold_int32_positions_and_values_only(tiny_bert: TinyPair) -> None
     assert plan.nbytes == plan.nnz * (4 + 4)
     assert torch.all(plan.positions[1:] > plan.positions[:-1])  # sorted, distinct
     assert plan.chunk_edges[0] == 0 and plan.chunk_edges[-1] == plan.nnz
+
+
+def test_kept_originals_are_the_pristine_values_and_serve_later_reverts(tiny_bert: TinyPair) -> None:
+    flat = ken.FlatParameters(ken.load_backbone_model(tiny_bert.base))
+    pristine = flat.buffer.clone()
+    plan = ken.DeltaPlan(ken.extract(tiny_bert.base, tiny_bert.finetuned, k=6, progress=False), flat)
+    swapper = ken.Swapper(flat, keep_originals=True)
+    without = plan.nbytes
+    swapper.apply(plan)
+    swapper.revert()
+    assert plan.originals is not None and torch.equal(plan.originals, pristine[plan.positions.long()])
+    assert plan.nbytes == without + plan.nnz * 4
+    for scratch in swapper._scratch:
+        scratch.fill_(float("nan"))  # a later revert must not depend on the scratch buffers
+    swapper.apply(plan)
+    swapper.revert()
+    assert torch.equal(flat.buffer, pristine)

@@ -14,8 +14,11 @@ from tests.tiny_models import TinyPair
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("keep_originals", [False, True])
 @pytest.mark.parametrize("fused", [True, False])
-def test_apply_switch_revert_on_cuda_are_exact(tiny_bert: TinyPair, tiny_bert_other_task, fused: bool) -> None:
+def test_apply_switch_revert_on_cuda_are_exact(
+    tiny_bert: TinyPair, tiny_bert_other_task, fused: bool, keep_originals: bool
+) -> None:
     if fused and not gpu_kernels.available(torch.device("cuda")):
         pytest.skip("Triton is not installed")
     subs = [
@@ -32,15 +35,16 @@ def test_apply_switch_revert_on_cuda_are_exact(tiny_bert: TinyPair, tiny_bert_ot
     flat = ken.FlatParameters(ken.load_backbone_model(tiny_bert.base).cuda())
     pristine = flat.buffer.clone()
     first, second = (ken.DeltaPlan(sub, flat) for sub in subs)
-    swapper = ken.Swapper(flat, fused_kernels=fused)
-    swapper.apply(first)
-    assert torch.equal(flat.buffer.cpu(), expected[0])
-    swapper.switch(second)
-    assert torch.equal(flat.buffer.cpu(), expected[1])
-    swapper.switch(first)
-    assert torch.equal(flat.buffer.cpu(), expected[0])
-    swapper.revert()
-    assert torch.equal(flat.buffer, pristine)
+    swapper = ken.Swapper(flat, fused_kernels=fused, keep_originals=keep_originals)
+    for _ in range(2):  # with keep_originals, the second round runs on the plans' kept originals
+        swapper.apply(first)
+        assert torch.equal(flat.buffer.cpu(), expected[0])
+        swapper.switch(second)
+        assert torch.equal(flat.buffer.cpu(), expected[1])
+        swapper.switch(first)
+        assert torch.equal(flat.buffer.cpu(), expected[0])
+        swapper.revert()
+        assert torch.equal(flat.buffer, pristine)
 
 
 def test_fused_kernels_are_off_on_the_cpu() -> None:

@@ -10,6 +10,7 @@ from typing import TypeVar
 import pytest
 import torch
 
+import ken
 from service.engine import InferenceEngine, load_backbone
 from service.engine.scheduler import WorkItem
 from service.metrics import ServiceMetrics
@@ -28,7 +29,13 @@ def run_engine(
 ) -> tuple[T, ServiceMetrics]:  # fmt: skip
     """Run ``body`` against a started engine on the tiny backbone and a directory store."""
     config = Settings(backbone=tiny_bert.base, max_wait_ms=1.0, **settings)
-    backbone = load_backbone(tiny_bert.base, name="tiny", device=torch.device("cpu"), dtype=torch.float32)
+    backbone = load_backbone(
+        tiny_bert.base,
+        name="tiny",
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        keep_originals=config.keep_originals,
+    )
     metrics = ServiceMetrics()
 
     async def main() -> T:
@@ -135,3 +142,28 @@ def test_cache_budgets_evict_and_reload_from_the_store(
     assert sample(metrics, "ken_cache_misses_total", tier="device") == 4  # one entry fits: each switch evicts
     assert sample(metrics, "ken_store_loads_total") == 4  # no host tier: every miss reads the store
     assert sample(metrics, "ken_cache_entries", tier="device") == 1
+
+
+@pytest.mark.parametrize("keep_originals", [False, True])
+def test_alternating_tasks_answer_exactly_with_or_without_kept_originals(
+    tiny_bert: TinyPair, tmp_path: Path, task_files: TaskFiles, references: dict[str, Reference], keep_originals: bool
+) -> None:
+    async def body(engine: InferenceEngine, store: DirectorySubnetworkStore) -> list[tuple[str, torch.Tensor]]:
+        await store.put("news", task_files.news, {})
+        await store.put("five", task_files.five, {})
+        tasks = ["news", "five", "news", "five", "five", "news"]
+        return [(task, (await engine.predict(task, [TEXT])).logits[0]) for task in tasks]
+
+    answers, metrics = run_engine(tiny_bert, tmp_path, body, keep_originals=keep_originals)
+    assert all(torch.equal(logits, references[task].logits(TEXT)) for task, logits in answers)
+    assert sample(metrics, "ken_swap_seconds_count", task="five", op="switch") >= 2  # straight between tasks
+    news, five = (ken.DeltaPlan(ken.load_bytes(data), _flat(tiny_bert)) for data in (task_files.news, task_files.five))
+    plans_bytes = news.nbytes + five.nbytes
+    originals_bytes = 4 * (news.nnz + five.nnz)
+    device_bytes = sample(metrics, "ken_cache_bytes", tier="device")
+    heads = device_bytes - plans_bytes - (originals_bytes if keep_originals else 0)
+    assert 0 < heads < originals_bytes  # the accounting holds the originals exactly when they are kept
+
+
+def _flat(tiny_bert: TinyPair) -> ken.FlatParameters:
+    return ken.FlatParameters(ken.load_backbone_model(tiny_bert.base))
