@@ -176,6 +176,7 @@ class Swapper:
         self._applied: DeltaPlan | None = None
         self._saved = 0  # entries of the applied plan whose originals are saved (a prefix)
         self._leftover: tuple[DeltaPlan, torch.Tensor, int] | None = None  # a switch's source, restored up to an entry
+        self._interrupted = False  # a pass raised before it completed: the next switch reverts first
 
     @property
     def applied(self) -> DeltaPlan | None:
@@ -216,25 +217,23 @@ class Swapper:
         if applied is not None:
             self._restore(applied, self._saved_values, 0, saved)
             self._applied, self._saved = None, 0
+        self._interrupted = False
 
     def switch(self, plan: DeltaPlan | None) -> None:
         """Go from the applied plan (if any) to ``plan`` (None: pristine) in one pass over the buffer."""
-        if plan is self._applied and self._leftover is None:
+        if plan is self._applied and not self._interrupted:
             return
-        if self._leftover is not None:
-            self.revert()  # an earlier switch failed half way: finish restoring first
+        if plan is None or self._interrupted:
+            self.revert()  # an earlier pass failed half way: finish restoring first
+            if plan is None:
+                return
         source, source_originals = self._applied, self._saved_values
-        if plan is None:
-            self.revert()
-            return
-        if source is not None and self._saved < source.nnz:
-            self.revert()  # an earlier apply failed half way
-            source = None
         stored = plan.originals is not None
         target_originals = plan.originals if plan.originals is not None else self._scratch_for(plan, source_originals)
         if source is not None:
             self._leftover = (source, source_originals, 0)
         self._applied, self._saved, self._saved_values = plan, 0, target_originals
+        self._interrupted = True  # until the pass completes
         for chunk in range(len(plan.chunk_edges) - 1):
             if source is not None:
                 end = source.chunk_edges[chunk + 1]
@@ -243,7 +242,7 @@ class Swapper:
             start, end = plan.chunk_edges[chunk], plan.chunk_edges[chunk + 1]
             if end > start:
                 self._exchange(plan, target_originals, start, end, save=not stored)
-        self._leftover = None
+        self._leftover, self._interrupted = None, False
         if self.keep_originals and not stored:
             plan.originals = target_originals[: plan.nnz].clone()
 

@@ -247,3 +247,20 @@ def test_kept_originals_are_the_pristine_values_and_serve_later_reverts(tiny_ber
     swapper.apply(plan)
     swapper.revert()
     assert torch.equal(flat.buffer, pristine)
+
+
+def test_asking_again_for_a_plan_whose_apply_failed_completes_it(tiny_bert: TinyPair, tiny_bert_other_task) -> None:
+    flat = ken.FlatParameters(ken.load_backbone_model(tiny_bert.base))
+    first, _ = _two_plans(tiny_bert, tiny_bert_other_task, flat)
+    reference = ken.Swapper(flat)
+    reference.apply(first)
+    expected = flat.buffer.clone()
+    reference.revert()
+    swapper = _FailingSwapper(flat, fail_at=1)
+    with pytest.raises(RuntimeError, match="injected"):
+        swapper.apply(first)  # stops half way through its first write
+    swapper.fail_at = -1
+    swapper.switch(first)  # the same plan again: must not count as applied already
+    assert torch.equal(flat.buffer, expected)
+    swapper.revert()
+    assert swapper.pristine
