@@ -128,12 +128,13 @@ class DeltaPlan:
         index_dtype = torch.int32 if flat.buffer.numel() <= _INT32_MAX else torch.int64
         positions = [(subnetwork.deltas[n].flat_indices() + flat.layout[n].offset).to(index_dtype) for n in names]
         values = [subnetwork.deltas[n].values.to(flat.dtype) for n in names]
-        self.positions = (torch.cat(positions) if positions else torch.zeros(0, dtype=index_dtype)).to(flat.device)
-        self.values = (torch.cat(values) if values else torch.zeros(0, dtype=flat.dtype)).to(flat.device)
+        host_positions = torch.cat(positions) if positions else torch.zeros(0, dtype=index_dtype)
         edges = torch.arange(0, flat.buffer.numel() + flat.chunk_elements, flat.chunk_elements, dtype=torch.int64)
-        sorted_positions = self.positions.cpu().to(torch.int64)
+        edges = edges.clamp_(max=flat.buffer.numel()).to(index_dtype)
         #: entry offsets where each chunk of the buffer starts (one more than the chunks: the end)
-        self.chunk_edges: list[int] = torch.searchsorted(sorted_positions, edges).tolist()
+        self.chunk_edges: list[int] = torch.searchsorted(host_positions, edges).tolist()
+        self.positions = host_positions.to(flat.device)
+        self.values = (torch.cat(values) if values else torch.zeros(0, dtype=flat.dtype)).to(flat.device)
         #: the backbone's values at the positions, kept by a ``Swapper(keep_originals=True)`` after the
         #: plan's first apply (saved then from the pristine backbone); None otherwise
         self.originals: torch.Tensor | None = None
