@@ -3,8 +3,9 @@
 Run from the repository root:  python -m bench.bench_swap [--device cuda] [--ks 50 100 200]
 
 Tasks A and B are KEN subnetworks of the demo's two fine-tunes (BBC News, chatterbot topics; built
-by ``python -m examples.build_demo``), extracted once per k into ``--subnetworks`` (default
-``.cache/bench/swap``). Medians over repetitions, every operation timed on its own (with a device
+by ``python -m examples.build_demo``), the ones ``bench.common.prepare_subnetworks`` extracts and
+caches for every benchmark, or, with ``--subnetworks DIR``, the files of those names in DIR (for a
+machine that cannot extract them). Medians over repetitions, every operation timed on its own (with a device
 synchronisation on a GPU):
 
 - ``floor``: one dense copy of the bytes of the tensors A touches (a single memcpy-like copy);
@@ -37,18 +38,13 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import ken
-
-FINETUNES = {"a": Path(".cache/demo/finetuned/bbc-news"), "b": Path(".cache/demo/finetuned/chatter-topic")}
-DEFAULT_SUBNETWORKS = Path(".cache/bench/swap")
+from bench import common
 
 
-def subnetwork_file(folder: Path, task: str, k: int, base: Path | None) -> Path | None:
-    """``folder/{task}-k{k}.safetensors``, extracted from the demo fine-tune when missing and possible."""
-    path = folder / f"{task}-k{k}.safetensors"
-    if not path.exists() and base is not None and FINETUNES[task].exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        ken.save_file(ken.extract(base, FINETUNES[task], k, progress=False), path)
-    return path if path.exists() else None
+def subnetwork_pair(paths: dict[str, Path], k: int) -> tuple[Path, Path] | None:
+    """Tasks A and B at ``k``: the two fine-tunes' KEN subnetworks (named by ``common.task_name``)."""
+    found = sorted(path for name, path in paths.items() if name.endswith(common.task_name("", "ken", k)))
+    return (found[0], found[1]) if len(found) >= 2 else None
 
 
 def timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
@@ -150,7 +146,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--ks", type=int, nargs="+", default=[50, 100, 200])
     parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--subnetworks", type=Path, default=DEFAULT_SUBNETWORKS)
+    parser.add_argument("--subnetworks", type=Path, default=None, help="read the subnetworks from here")
     parser.add_argument("--backbone", type=Path, default=None, help="model folder (default: all-MiniLM-L6-v2)")
     parser.add_argument("--random-backbone", action="store_true")
     parser.add_argument("--torch-ops", action="store_true", help="no fused GPU kernels: the passes as torch ops")
@@ -187,16 +183,22 @@ def main() -> None:
         "| (c) dense copies ms |"
     )
     print("|---:|" + "---:|" * 14)
-    extract_from = None if args.random_backbone else args.backbone
+    if args.subnetworks is None:
+        paths, _ = common.prepare_subnetworks()
+    else:
+        paths = {path.stem: path for path in args.subnetworks.glob("*.safetensors")}
+    # subnetworks extracted against the real weights are re-labelled for the random ones
+    random_fingerprint = (
+        ken.fingerprint(ken.load_backbone_model(base_folder).state_dict()) if args.random_backbone else None
+    )
     for k in args.ks:
-        path_a = subnetwork_file(args.subnetworks, "a", k, extract_from)
-        path_b = subnetwork_file(args.subnetworks, "b", k, extract_from)
-        if path_a is None or path_b is None:
-            print(f"| {k} | no subnetworks a-k{k} and b-k{k} in {args.subnetworks}: skipped |")
+        pair = subnetwork_pair(paths, k)
+        if pair is None:
+            print(f"| {k} | no two KEN subnetworks at k = {k}: skipped |")
             continue
-        sub_a, sub_b = ken.load_file(path_a), ken.load_file(path_b)
-        if args.random_backbone:  # extracted against the real weights: re-label them for the random ones
-            sub_a.info.backbone_fingerprint = ken.fingerprint(ken.load_backbone_model(base_folder).state_dict())
+        sub_a, sub_b = (ken.load_file(path) for path in pair)
+        if random_fingerprint is not None:
+            sub_a.info.backbone_fingerprint = random_fingerprint
         plan_a, plan_b = ken.DeltaPlan(sub_a, flat), ken.DeltaPlan(sub_b, flat)
         ms = swap_times(swapper, plan_a, plan_b, [flat.layout[n] for n in sub_a.deltas], args.repeats, timed)
         assert torch.equal(flat.buffer, pristine), "backbone not restored"
