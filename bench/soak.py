@@ -205,19 +205,13 @@ def run_library_cycles(fixture: Fixture, cycles: int, *, seed: int = 0, forward_
             t = rng.randrange(len(plans))
             kind = rng.choices(("apply", "switch", "swap-fault", "forward-fault"), (70, 15, 8, 7))[0]
             report.operations[kind] += 1
-            if kind == "apply":
+            if kind in ("apply", "switch"):
+                shown = t if kind == "apply" else rng.randrange(len(plans))
                 swapper.apply(plans[t])
-                check(t)
+                swapper.switch(plans[shown])  # no-op for an apply
+                check(shown)
                 if cycle % forward_every == 0:
-                    forward_and_compare(t)
-                swapper.revert()
-            elif kind == "switch":
-                u = rng.randrange(len(plans))
-                swapper.apply(plans[t])
-                swapper.switch(plans[u])
-                check(u)
-                if cycle % forward_every == 0:
-                    forward_and_compare(u)
+                    forward_and_compare(shown)
                 swapper.revert()
             elif kind == "swap-fault":
                 # What the owner does when a pass raises: revert whatever it wrote, then go on.
