@@ -169,10 +169,14 @@ class TaskQueues:
                     self._last = task
                     return batch
 
+    def _full(self, inputs: int, next_size: int) -> bool:
+        """Whether a batch of ``inputs`` inputs must stop before a request of ``next_size`` (the first always fits)."""
+        return inputs > 0 and (self._one_request_per_batch or inputs + next_size > self._max_batch_inputs)
+
     def _waiting(self, queue: deque[WorkItem]) -> Waiting:
         inputs = 0
         for item in queue:
-            if inputs and (self._one_request_per_batch or inputs + item.size > self._max_batch_inputs):
+            if self._full(inputs, item.size):
                 break
             inputs += item.size
         return Waiting(queue[0].enqueued_at, inputs)
@@ -180,9 +184,7 @@ class TaskQueues:
     def _take(self, task: StagedTask, queue: deque[WorkItem]) -> Batch:
         items: list[WorkItem] = []
         inputs = 0
-        while queue:
-            if items and (self._one_request_per_batch or inputs + queue[0].size > self._max_batch_inputs):
-                break
+        while queue and not self._full(inputs, queue[0].size):
             item = queue.popleft()
             if item.future.set_running_or_notify_cancel():  # False: the client went away
                 items.append(item)
