@@ -151,6 +151,14 @@ class InferenceEngine:
         self._metrics.inference_inputs.labels(task).inc(len(texts))
         return Prediction(task, staged.version, staged.labels, logits, encoded.truncated)
 
+    async def stage(self, task: str, version: int) -> int:
+        """Make ``task`` resident at ``version`` or newer before requests for it arrive; the version staged.
+
+        The hook of routers that name versions (service/deploy): older cached versions are dropped first.
+        """
+        self._resolver.expect(task, version)
+        return (await self._resolver.resolve(task)).version
+
     async def verify_integrity(self) -> IntegrityReport:
         """Checksum the weights on the owner thread, after reverting any applied delta."""
         checksum = await self._on_owner(self._owner.pristine_checksum)

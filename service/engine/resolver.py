@@ -85,6 +85,19 @@ class TaskResolver:
                 tier.pop(task)
         self._report_sizes()
 
+    def expect(self, task: str, version: int) -> None:
+        """A router saw ``version`` in the store: drop older cached versions now, not when the notification comes.
+
+        Lets a request routed as ``task@version`` (service/deploy) be served at that version even when
+        this replica's store notification is still on its way.
+        """
+        if (self._notified_version.get(task) or 0) >= version:
+            return
+        cached = (self._device.peek(task), self._host.peek(task))
+        if any(entry is not None and entry.version >= version for entry in cached):
+            return
+        self.invalidate(task, version)  # also keeps a load of an older version, already under way, out of the cache
+
     def offer(self, task: str, version: int, subnetwork: ken.Subnetwork) -> None:
         """Cache a subnetwork this instance just stored, unless the store has moved on since."""
         if self._notified_version.get(task, version) == version:
