@@ -37,6 +37,13 @@ def register_serve(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="KEN_DEVICE, default auto")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="KEN_DTYPE, default float32")
     parser.add_argument("--log-level", help="KEN_LOG_LEVEL, default INFO")
+    scale = parser.add_argument_group("scale-out on Ray Serve (docs/scale-out.md)")
+    scale.add_argument("--ray", action="store_true", help="serve through Ray Serve, on N replicas sharing the store")
+    scale.add_argument("--replicas", type=int, default=2, help="replicas, each with its own backbone (default 2)")
+    scale.add_argument("--ray-address", help="Ray cluster to join (default: the local one, started if none runs)")
+    scale.add_argument("--cpus-per-replica", type=float, default=1.0, help="default 1")
+    scale.add_argument("--gpus-per-replica", type=float, default=0.0, help="default 0; 1 puts each on its own GPU")
+    scale.add_argument("--max-models-per-replica", type=int, default=16, help="tasks Ray tracks per replica")
     parser.set_defaults(handler=run_serve)
 
 
@@ -56,7 +63,26 @@ def run_serve(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level)
     if settings.admin_token is None and not settings.binds_loopback:
         logger.warning("KEN_ADMIN_TOKEN is not set and the server listens beyond loopback: admin routes are disabled")
+    if args.ray:
+        return run_on_ray(args, settings)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
+    return 0
+
+
+def run_on_ray(args: argparse.Namespace, settings: Settings) -> int:
+    from service.deploy.cluster import serve_until_stopped
+    from service.deploy.ray_app import ScaleOut
+
+    if args.replicas < 1 or args.max_models_per_replica < 1:
+        print("ken serve: --replicas and --max-models-per-replica must be at least 1", file=sys.stderr)
+        return 2
+    scale = ScaleOut(
+        replicas=args.replicas,
+        cpus_per_replica=args.cpus_per_replica,
+        gpus_per_replica=args.gpus_per_replica,
+        max_models_per_replica=args.max_models_per_replica,
+    )
+    serve_until_stopped(settings, scale, args.ray_address)
     return 0
 
 

@@ -1,0 +1,62 @@
+"""Joining a Ray cluster (or starting a local one) and running the application on it."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+import ray
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from service.deploy.ray_app import APP_NAME, ScaleOut, build_app
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def connect(address: str | None, *, num_cpus: int | None = None) -> bool:
+    """Join the cluster at ``address``; without one, the cluster running on this machine, else start a local one.
+
+    Returns whether a local cluster was started (it lives as long as this process). ``num_cpus``
+    bounds a started cluster; a joined one keeps its own resources.
+    """
+    if address:
+        ray.init(address=address)
+        return False
+    try:
+        ray.init(address="auto")
+        return False
+    except ConnectionError:
+        logger.info("no Ray cluster is running here: starting a local one", extra={"num_cpus": num_cpus})
+        ray.init(num_cpus=num_cpus, include_dashboard=False)
+        return True
+
+
+def deploy(settings: Settings, scale: ScaleOut) -> DeploymentHandle:
+    """Start Serve's HTTP proxy on ``settings.host:port`` and run the application; returns when it is ready."""
+    serve.start(http_options={"host": settings.host, "port": settings.port})
+    return serve.run(build_app(settings, scale), name=APP_NAME, route_prefix="/")
+
+
+def serve_until_stopped(settings: Settings, scale: ScaleOut, address: str | None) -> None:
+    """``ken serve --ray``: deploy, wait for Ctrl-C (or SIGTERM), then take the application down."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    connect(address)
+    try:
+        deploy(settings, scale)
+        logger.info(
+            "serving on Ray", extra={"url": f"http://{settings.host}:{settings.port}", "replicas": scale.replicas}
+        )
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.delete(APP_NAME)
+        ray.shutdown()
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # SIGTERM (docker stop, systemd) takes the same way out as Ctrl-C
