@@ -120,7 +120,7 @@ def check_task(
 ) -> TaskCheck:
     """Served against offline predictions of one task's subnetwork over ``texts``."""
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     import ken
     from ken.finetune import accuracy, predict_logits
@@ -132,7 +132,7 @@ def check_task(
     labels = sub.info.labels
     # Built on the CPU, not on the meta device: non-persistent buffers (position ids) are not in any
     # state dict and would stay meta, giving silently wrong logits.
-    model = AutoModelForSequenceClassification.from_config(task_config(sub.info))
+    model = AutoModelForSequenceClassification.from_config(task_config(sub.info, AutoConfig.from_pretrained(base)))
     model.load_state_dict(ken.materialized_state(base, sub), strict=True)
     tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=True)
     offline_logits = predict_logits(model.eval(), tokenizer, texts, max_length, batch_size)

@@ -6,8 +6,8 @@ import asyncio
 from typing import Any
 
 import ken
+from ken.taskmodel import task_labels
 from service.engine import InferenceEngine
-from service.engine.staged import task_labels
 from service.errors import BackboneMismatch, InvalidSubnetwork
 from service.store import StoredManifest, SubnetworkStore
 

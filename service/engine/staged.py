@@ -8,14 +8,8 @@ import torch
 from transformers import PreTrainedModel
 
 import ken
-from ken.taskmodel import task_config
+from ken.taskmodel import task_labels
 from service.engine.backbone import ResidentBackbone
-
-
-def task_labels(info: ken.SubnetworkInfo) -> list[str]:
-    """The task's label names by class index, as its model config defines them."""
-    config = task_config(info)
-    return [str(config.id2label[i]) for i in range(config.num_labels)]
 
 
 def subnetwork_nbytes(subnetwork: ken.Subnetwork) -> int:
