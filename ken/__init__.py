@@ -9,6 +9,7 @@ The public surface::
     swapper = ken.Swapper(flat)
     swapper.apply(ken.DeltaPlan(sub, flat)); ...; swapper.revert()   # bit-exact round trip
     swapper.switch(other_plan)                                # task A -> task B in one pass
+    ken.MixedForward(backbone, flat).logits(groups, inputs)   # several tasks in one pass, weights read only
 """
 
 from ken.backbone import fingerprint, load_backbone_model
@@ -16,6 +17,7 @@ from ken.errors import FingerprintMismatch, IncompatibleModels, KenError, Subnet
 from ken.extraction import METHODS, PRESETS, extract
 from ken.fileformat import load_bytes, load_file, read_info, save_bytes, save_file
 from ken.materialize import materialize, materialized_state
+from ken.mixed import MixedForward, MixedGroup, MixedUnsupported
 from ken.selection import kept_mask
 from ken.subnetwork import SparseRows, Subnetwork, SubnetworkInfo
 from ken.swap import DeltaPlan, FlatParameters, Swapper
@@ -29,6 +31,9 @@ __all__ = [
     "FlatParameters",
     "IncompatibleModels",
     "KenError",
+    "MixedForward",
+    "MixedGroup",
+    "MixedUnsupported",
     "SparseRows",
     "Subnetwork",
     "SubnetworkFormatError",
