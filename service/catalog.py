@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, NamedTuple
 
 import ken
 from ken.taskmodel import task_labels
 from service.engine import InferenceEngine
 from service.errors import BackboneMismatch, InvalidSubnetwork
-from service.store import StoredManifest, SubnetworkStore
+from service.store import StoredManifest, SubnetworkStore, TaskNotFound
+from service.store.base import sha256_hex
 
 #: Task types the API knows how to answer (one label distribution per input).
 SERVED_TASK_TYPES = ("sequence-classification",)
@@ -29,6 +30,11 @@ def describe(subnetwork: ken.Subnetwork) -> dict[str, Any]:
     }
 
 
+class Upload(NamedTuple):
+    manifest: StoredManifest
+    stored: bool  # False: these exact bytes were already the task's current version, nothing was written
+
+
 class SubnetworkCatalog:
     """Validates and stores uploads; the rest of the store's API is used directly by the routes."""
 
@@ -36,16 +42,30 @@ class SubnetworkCatalog:
         self._store = store
         self._engine = engine
 
-    async def upload(self, task: str, blob: bytes) -> StoredManifest:
-        """Validate ``blob`` completely (format, fingerprint, shapes, bounds, finiteness, head), then store it."""
+    async def upload(self, task: str, blob: bytes) -> Upload:
+        """Validate ``blob`` completely (format, fingerprint, shapes, bounds, finiteness, head), then store it.
+
+        Idempotent: when the task's current version has these exact bytes, that version is returned and
+        nothing is stored (a retried or repeated push does not bump the version). Validation still runs
+        first, so the answer is the same as for a first upload of these bytes to this backbone.
+        """
         subnetwork = await asyncio.to_thread(self._parse, blob)
         try:
             await self._engine.check_head(subnetwork)
         except (ken.KenError, RuntimeError) as exc:  # load_state_dict raises RuntimeError on a misshapen head
             raise InvalidSubnetwork(f"the head does not fit the task model: {exc}") from None
+        current = await self._current(task)
+        if current is not None and current.sha256 == sha256_hex(blob):
+            return Upload(current, stored=False)
         manifest = await self._store.put(task, blob, describe(subnetwork))
         self._engine.offer(task, manifest.version, subnetwork)
-        return manifest
+        return Upload(manifest, stored=True)
+
+    async def _current(self, task: str) -> StoredManifest | None:
+        try:
+            return await self._store.manifest(task)
+        except TaskNotFound:
+            return None
 
     def _parse(self, blob: bytes) -> ken.Subnetwork:
         backbone = self._engine.backbone

@@ -30,7 +30,7 @@ async def preload_directory(directory: Path, catalog: SubnetworkCatalog, store: 
             if await _already_stored(store, task, blob):
                 logger.info("preload: unchanged, skipped", extra={"task": task, "file": str(path)})
                 continue
-            manifest = await catalog.upload(task, blob)
+            manifest = (await catalog.upload(task, blob)).manifest
         except (ValueError, ServiceError) as exc:
             logger.error("preload: file skipped", extra={"file": str(path), "reason": str(exc)})
             continue

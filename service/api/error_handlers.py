@@ -6,6 +6,9 @@ v1 routes answer ``{"detail": "message"}`` (FastAPI's convention); ``/v2`` route
 
 from __future__ import annotations
 
+import difflib
+import email.message
+
 from fastapi import FastAPI, Request, status
 from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
@@ -49,6 +52,10 @@ MESSAGE_PREFIX: dict[type[Exception], str] = {
 }
 
 
+#: Up to this many task names are listed in a 404 for an unknown task; beyond it, the count and where to look.
+KNOWN_TASKS_LISTED = 20
+
+
 def is_v2(path: str) -> bool:
     return path == "/v2" or path.startswith("/v2/")
 
@@ -68,11 +75,52 @@ async def domain_error_handler(request: Request, exc: Exception) -> JSONResponse
     status_code = next(code for kind, code in STATUS_BY_ERROR.items() if isinstance(exc, kind))
     prefix = next((text for kind, text in MESSAGE_PREFIX.items() if isinstance(exc, kind)), "")
     headers = {"WWW-Authenticate": "Bearer"} if status_code == status.HTTP_401_UNAUTHORIZED else None
-    return error_response(request, status_code, prefix + str(exc), headers)
+    message = prefix + str(exc)
+    if isinstance(exc, TaskNotFound) and exc.args:
+        message += await known_tasks_hint(request, str(exc.args[0]))
+    return error_response(request, status_code, message, headers)
+
+
+async def known_tasks_hint(request: Request, wanted: str) -> str:
+    """What to ask for instead of an unknown task: the stored names (or their count), a close match first."""
+    services = getattr(request.app.state, "services", None)
+    if services is None:
+        return ""
+    try:
+        tasks = [manifest.task for manifest in await services.store.list()]
+    except (StoreUnavailable, CorruptSubnetwork):  # the 404 stands on its own, without the hint
+        return ""
+    if not tasks:
+        return "; no tasks are stored yet (upload one with PUT /v1/subnetworks/{task})"
+    close = difflib.get_close_matches(wanted, tasks, n=1)
+    guess = f"; did you mean {close[0]!r}?" if close else ""
+    if len(tasks) <= KNOWN_TASKS_LISTED:
+        return f"{guess}; known tasks: {', '.join(tasks)}"
+    return f"{guess}; {len(tasks)} tasks are stored: list them with GET /v1/subnetworks"
+
+
+def sent_json(request: Request) -> bool:
+    """Whether the request declares a JSON body (``application/json`` or ``application/*+json``)."""
+    declared = request.headers.get("content-type")
+    if not declared:
+        return False
+    parsed = email.message.Message()
+    parsed["content-type"] = declared
+    subtype = parsed.get_content_subtype()
+    return parsed.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
+def not_json_message(request: Request) -> str:
+    declared = request.headers.get("content-type")
+    got = f"Content-Type was {declared!r}" if declared else "no Content-Type header was sent"
+    return f"send the body as JSON with the header Content-Type: application/json ({got})"
 
 
 async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    body_refused = any(tuple(error["loc"]) == ("body",) for error in exc.errors())
+    if body_refused and not sent_json(request):  # FastAPI left the body unparsed: "not a valid dictionary"
+        return error_response(request, status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, not_json_message(request))
     if not is_v2(request.url.path):
         return await request_validation_exception_handler(request, exc)
     problems = "; ".join(f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors())

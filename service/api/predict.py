@@ -20,6 +20,7 @@ router = APIRouter(prefix="/v1", tags=["inference"], dependencies=[ApiAccess])
         403: {"description": "Wrong bearer token."},
         404: {"description": "No such task."},
         409: {"description": "The stored subnetwork belongs to another backbone."},
+        415: {"description": "The body is not sent as application/json."},
         422: {"description": "Invalid request or a limit exceeded."},
         503: {"description": "The store or the engine is unavailable."},
     },

@@ -2,12 +2,43 @@
 
 from __future__ import annotations
 
+import difflib
 from datetime import datetime
+from typing import Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from service.store import StoredManifest, validate_task
 from service.store.base import TASK_NAME_RE
+
+
+class StrictBody(BaseModel):
+    """A request body that refuses fields it does not know, naming them.
+
+    Otherwise a misspelt optional field (``topk``) would be dropped silently and its default used.
+    """
+
+    model_config = ConfigDict(extra="forbid")  # also tells the OpenAPI schema: additionalProperties false
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = [str(key) for key in data if key not in cls.model_fields]
+            if unknown:
+                raise PydanticCustomError("unknown_field", unknown_fields_message(unknown, list(cls.model_fields)))
+        return data
+
+
+def unknown_fields_message(unknown: list[str], known: list[str]) -> str:
+    """``unknown field 'topk' (did you mean 'top_k'?); the fields are: task, inputs, top_k, return_logits``."""
+    named = []
+    for field in unknown:
+        close = difflib.get_close_matches(field, known, n=1, cutoff=0.6)
+        named.append(f"{field!r} (did you mean {close[0]!r}?)" if close else repr(field))
+    noun = "field" if len(unknown) == 1 else "fields"
+    return f"unknown {noun} {', '.join(named)}; the fields are: {', '.join(known)}"
 
 
 class SubnetworkManifest(BaseModel):
@@ -45,7 +76,7 @@ class SubnetworkList(BaseModel):
     subnetworks: list[SubnetworkManifest]
 
 
-class PredictRequest(BaseModel):
+class PredictRequest(StrictBody):
     task: str = Field(description=f"Task name, matching {TASK_NAME_RE.pattern}.")
     inputs: list[str] = Field(min_length=1, description="Texts to classify.")
     top_k: int = Field(default=1, ge=1, description="Labels per input, best first (capped at the task's labels).")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, Request, Response, status
 
 from service.api.body import OCTET_STREAM, read_limited_body, require_octet_stream
 from service.api.schemas import SubnetworkList, SubnetworkManifest
@@ -20,6 +20,10 @@ _UPLOAD_BODY: dict[str, Any] = {
     }
 }
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "model": SubnetworkManifest,
+        "description": "Unchanged: these exact bytes are already the task's current version (nothing stored).",
+    },
     400: {"description": "Not a valid subnetwork file (the message says what is wrong)."},
     401: {"description": "No bearer token."},
     403: {"description": "Wrong bearer token, or admin routes disabled."},
@@ -37,15 +41,21 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     status_code=status.HTTP_201_CREATED,
     dependencies=[AdminAccess],
     openapi_extra=_UPLOAD_BODY,
-    responses={code: _ERRORS[code] for code in (400, 401, 403, 409, 413, 415, 422, 503)},
+    responses={code: _ERRORS[code] for code in (200, 400, 401, 403, 409, 413, 415, 422, 503)},
 )
 async def put_subnetwork(
-    task: TaskName, request: Request, catalog: CatalogDep, settings: SettingsDep
+    task: TaskName, request: Request, response: Response, catalog: CatalogDep, settings: SettingsDep
 ) -> SubnetworkManifest:
-    """Store (or replace) a task's subnetwork after validating it completely against this backbone."""
+    """Store (or replace) a task's subnetwork after validating it completely against this backbone.
+
+    201 with the new version; 200 with the current one when these exact bytes are already stored.
+    """
     require_octet_stream(request)
     blob = await read_limited_body(request, settings.max_upload_bytes)
-    return SubnetworkManifest.from_stored(await catalog.upload(task, blob))
+    upload = await catalog.upload(task, blob)
+    if not upload.stored:
+        response.status_code = status.HTTP_200_OK
+    return SubnetworkManifest.from_stored(upload.manifest)
 
 
 @router.get("", dependencies=[ApiAccess], responses={code: _ERRORS[code] for code in (401, 403, 503)})

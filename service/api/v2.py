@@ -40,6 +40,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         403: "Wrong bearer token.",
         404: "No such model (task).",
         409: "The stored subnetwork belongs to another backbone.",
+        415: "The body is not sent as application/json.",
         422: "Invalid request or a limit exceeded.",
         503: "The store or the engine is unavailable.",
     }.items()

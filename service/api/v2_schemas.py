@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from service.api.schemas import StrictBody
+
 TEXT_INPUT = "text"
 
 
@@ -42,7 +44,7 @@ class ModelReadiness(BaseModel):
     ready: bool
 
 
-class RequestInput(BaseModel):
+class RequestInput(StrictBody):
     name: str
     shape: list[int]
     datatype: str
@@ -50,12 +52,12 @@ class RequestInput(BaseModel):
     data: list[Any] = Field(description="The texts, flat or nested to the given shape.")
 
 
-class RequestOutput(BaseModel):
+class RequestOutput(StrictBody):
     name: str
     parameters: dict[str, Any] | None = None
 
 
-class InferenceRequest(BaseModel):
+class InferenceRequest(StrictBody):
     id: str | None = None
     parameters: dict[str, Any] | None = None
     inputs: list[RequestInput] = Field(min_length=1)

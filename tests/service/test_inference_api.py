@@ -85,7 +85,9 @@ def test_kserve_v2_routes(service: ServiceThread) -> None:
         assert outputs["label"]["datatype"] == "BYTES" and outputs["score"]["datatype"] == "FP32"
         assert client.get("/v2/models/five/ready").json() == {"name": "five", "ready": True}
         missing = client.get("/v2/models/nope/ready")
-        assert missing.status_code == 404 and missing.json() == {"error": "task not found: nope"}
+        assert missing.status_code == 404 and missing.json() == {
+            "error": "task not found: nope; known tasks: five, news"
+        }
 
         texts = ["the team won the cup", "bank profit", "music award"]
         request = {"id": "r1", "inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": texts}]}
@@ -134,7 +136,9 @@ def test_kserve_v2_unknown_model(service: ServiceThread) -> None:
     with service.client() as client:
         request = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["a"]}]}
         response = client.post("/v2/models/nope/infer", json=request)
-        assert response.status_code == 404 and response.json() == {"error": "task not found: nope"}
+        assert response.status_code == 404 and response.json() == {
+            "error": "task not found: nope; known tasks: five, news"
+        }
         assert client.get("/v2/models/nope").status_code == 404
         assert client.get("/v2/models/nope/whatever").json() == {"error": "Not Found"}
 
