@@ -20,6 +20,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from ken.errors import FingerprintMismatch, SubnetworkFormatError
+from ken.metadata import DeltaEntry, KenMetadata, parse_metadata
 from ken.subnetwork import FORMAT_VERSION, SparseRows, Subnetwork, SubnetworkInfo
 
 METADATA_KEY = "ken"
@@ -80,8 +81,27 @@ def load_file(path: str | os.PathLike[str], *, backbone_fingerprint: str | None 
     return load_bytes(Path(path).read_bytes(), backbone_fingerprint=backbone_fingerprint)
 
 
-def read_header(data: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The safetensors header (tensor entries) and the parsed ``ken`` metadata, without loading tensors."""
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refusing a repeated key (readers would disagree on which one counts)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise SubnetworkFormatError(f"the header names {key!r} twice")
+        out[key] = value
+    return out
+
+
+def _parse_json(text: bytes | str, what: str) -> Any:
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except RecursionError:
+        raise SubnetworkFormatError(f"{what} is nested too deeply") from None
+    except ValueError as exc:  # bad JSON, bad UTF-8, an integer of more than 4,300 digits
+        raise SubnetworkFormatError(f"{what} is not JSON ({exc})") from None
+
+
+def read_header(data: bytes) -> tuple[dict[str, Any], KenMetadata]:
+    """The safetensors header (tensor entries) and the validated ``ken`` metadata, without loading tensors."""
     if len(data) < 8:
         raise SubnetworkFormatError(f"not a subnetwork file: {len(data)} bytes is too short for a header")
     (header_len,) = struct.unpack("<Q", data[:8])
@@ -93,24 +113,20 @@ def read_header(data: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
         raise SubnetworkFormatError(
             f"truncated subnetwork file: header needs {8 + header_len} bytes, file has {len(data)}"
         )
-    try:
-        header = json.loads(data[8 : 8 + header_len])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SubnetworkFormatError(f"not a subnetwork file: the header is not JSON ({exc})") from None
+    header = _parse_json(data[8 : 8 + header_len], "not a subnetwork file: the header")
     if not isinstance(header, dict):
         raise SubnetworkFormatError("not a subnetwork file: the header is not a JSON object")
-    raw_meta = (header.pop("__metadata__", None) or {}).get(METADATA_KEY)
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise SubnetworkFormatError("not a subnetwork file: safetensors '__metadata__' must map names to strings")
+    raw_meta = metadata.get(METADATA_KEY)
     if raw_meta is None:
         raise SubnetworkFormatError(
             "not a subnetwork file: safetensors metadata has no 'ken' entry (make it with `ken extract`)"
         )
-    try:
-        meta = json.loads(raw_meta)
-    except json.JSONDecodeError as exc:
-        raise SubnetworkFormatError(f"subnetwork metadata is not valid JSON: {exc}") from None
-    if not isinstance(meta, dict):
-        raise SubnetworkFormatError("subnetwork metadata must be a JSON object")
-    return header, meta
+    return header, parse_metadata(_parse_json(raw_meta, "subnetwork metadata"))
 
 
 def read_info(data: bytes) -> SubnetworkInfo:
@@ -122,9 +138,9 @@ def read_info(data: bytes) -> SubnetworkInfo:
 def load_bytes(data: bytes, *, backbone_fingerprint: str | None = None) -> Subnetwork:
     """Parse and validate the bytes of a subnetwork file.
 
-    Checks the format version, the backbone fingerprint (when given), every tensor's dtype and
-    shape, index bounds, sorted unique indices per row and finite values; raises
-    :class:`SubnetworkFormatError` naming the tensor and the problem.
+    Checks the metadata against its schema (:mod:`ken.metadata`), the format version, the backbone
+    fingerprint (when given), every tensor's dtype and shape, index bounds, sorted unique indices
+    per row and finite values; raises :class:`SubnetworkFormatError` naming the field or tensor.
     """
     _, meta = read_header(data)
     info = _info_from_meta(meta)
@@ -138,10 +154,8 @@ def load_bytes(data: bytes, *, backbone_fingerprint: str | None = None) -> Subne
     except Exception as exc:  # safetensors raises its own error types for malformed bodies
         raise SubnetworkFormatError(f"corrupt or truncated subnetwork file: {exc}") from None
 
-    deltas_meta = _require(meta, "deltas", dict)
-    head_names = _require(meta, "head", list)
-    expected = {f"delta/{n}/{part}" for n in deltas_meta for part in ("indptr", "indices", "values")}
-    expected |= {f"head/{n}" for n in head_names}
+    expected = {f"delta/{n}/{part}" for n in meta.deltas for part in ("indptr", "indices", "values")}
+    expected |= {f"head/{n}" for n in meta.head}
     unknown = sorted(set(tensors) - expected)
     if unknown:
         raise SubnetworkFormatError(f"unknown tensor {unknown[0]!r} (not declared in the metadata)")
@@ -149,57 +163,46 @@ def load_bytes(data: bytes, *, backbone_fingerprint: str | None = None) -> Subne
     if missing:
         raise SubnetworkFormatError(f"tensor {missing[0]!r} is declared in the metadata but missing")
 
-    deltas = {name: _validated_delta(name, entry, tensors) for name, entry in deltas_meta.items()}
+    deltas = {name: _validated_delta(name, entry, tensors) for name, entry in meta.deltas.items()}
     head: dict[str, torch.Tensor] = {}
-    for name in head_names:
+    for name in meta.head:
         tensor = tensors[f"head/{name}"]
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        if tensor.dtype not in _VALUE_DTYPES:
+            raise SubnetworkFormatError(
+                f"head tensor {name!r} has dtype {tensor.dtype}; use float16, bfloat16, float32 or float64"
+            )
+        if not bool(torch.isfinite(tensor).all()):
             raise SubnetworkFormatError(f"head tensor {name!r} holds NaN or Inf")
         head[name] = tensor
-    info.selected = {name: int(entry.get("selected", deltas[name].nnz)) for name, entry in deltas_meta.items()}
+    info.selected = {
+        name: deltas[name].nnz if entry.selected is None else entry.selected for name, entry in meta.deltas.items()
+    }
     return Subnetwork(deltas=deltas, head=head, info=info)
 
 
-def _require(meta: dict[str, Any], key: str, kind: type) -> Any:
-    value = meta.get(key)
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        raise SubnetworkFormatError(f"subnetwork metadata field {key!r} is missing or not a {kind.__name__}")
-    return value
-
-
-def _info_from_meta(meta: dict[str, Any]) -> SubnetworkInfo:
-    version = _require(meta, "format_version", int)
-    if version != FORMAT_VERSION:
+def _info_from_meta(meta: KenMetadata) -> SubnetworkInfo:
+    if meta.format_version != FORMAT_VERSION:
         raise SubnetworkFormatError(
-            f"subnetwork format version {version} is not supported (this build reads version {FORMAT_VERSION})"
+            f"subnetwork format version {meta.format_version} is not supported "
+            f"(this build reads version {FORMAT_VERSION})"
         )
-    k = _require(meta, "k", int)
-    if k < 1:
-        raise SubnetworkFormatError(f"subnetwork metadata has k={k}; k must be >= 1")
-    id2label = _require(meta, "id2label", dict)
-    try:
-        labels = {int(i): str(label) for i, label in id2label.items()}
-    except ValueError:
-        raise SubnetworkFormatError("subnetwork metadata 'id2label' keys must be integers") from None
+    if meta.k < 1:
+        raise SubnetworkFormatError(f"subnetwork metadata has k={meta.k}; k must be >= 1")
     return SubnetworkInfo(
-        backbone_fingerprint=_require(meta, "backbone_fingerprint", str),
-        method=_require(meta, "method", str),
-        k=k,
-        base_prefix=_require(meta, "base_prefix", str),
-        task_type=_require(meta, "task_type", str),
-        id2label=labels,
-        config=_require(meta, "config", dict),
-        include=meta.get("include"),
-        exclude=meta.get("exclude"),
+        backbone_fingerprint=meta.backbone_fingerprint,
+        method=meta.method,
+        k=meta.k,
+        base_prefix=meta.base_prefix,
+        task_type=meta.task_type,
+        id2label={int(i): label for i, label in meta.id2label.items()},
+        config=meta.config,
+        include=meta.include,
+        exclude=meta.exclude,
     )
 
 
-def _validated_delta(name: str, entry: Any, tensors: dict[str, torch.Tensor]) -> SparseRows:
-    if not isinstance(entry, dict) or not isinstance(entry.get("shape"), list):
-        raise SubnetworkFormatError(f"delta {name!r}: metadata entry needs a 'shape' list")
-    shape = tuple(entry["shape"])
-    if not shape or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
-        raise SubnetworkFormatError(f"delta {name!r}: shape {list(shape)} must be positive integers")
+def _validated_delta(name: str, entry: DeltaEntry, tensors: dict[str, torch.Tensor]) -> SparseRows:
+    shape = tuple(entry.shape)
     indptr = tensors[f"delta/{name}/indptr"]
     indices = tensors[f"delta/{name}/indices"]
     values = tensors[f"delta/{name}/values"]

@@ -103,7 +103,7 @@ def _set(key: str, fn):
         (lambda t, m: m.update(format_version=99), "version 99 is not supported"),
         (lambda t, m: m.update(k=0), "k must be >= 1"),
         (lambda t, m: m.pop("backbone_fingerprint"), "backbone_fingerprint"),
-        (lambda t, m: m["deltas"][NAME].update(shape=[32, -1]), "positive integers"),
+        (lambda t, m: m["deltas"][NAME].update(shape=[32, -1]), r"deltas\..*shape.*greater than 0"),
     ],
 )
 def test_invalid_files_name_the_tensor_and_problem(subnetwork: ken.Subnetwork, edit, message: str) -> None:
