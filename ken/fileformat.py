@@ -28,6 +28,8 @@ METADATA_KEY = "ken"
 MAX_HEADER_BYTES = 16 << 20
 _INDEX_DTYPES = (torch.uint16, torch.int32)
 _INDPTR_DTYPES = (torch.int32, torch.int64)
+#: The largest finite float16 value, the default bound of :func:`check_magnitudes`.
+FLOAT16_MAX = 65504.0
 _VALUE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -199,6 +201,26 @@ def _info_from_meta(meta: KenMetadata) -> SubnetworkInfo:
         include=meta.include,
         exclude=meta.exclude,
     )
+
+
+def check_magnitudes(subnetwork: Subnetwork, limit: float = FLOAT16_MAX) -> None:
+    """Refuse any stored value beyond ``±limit``.
+
+    Finite is not enough: float64 1e300 becomes Inf in a float32 backbone, and float32 3e38 is
+    representable but overflows the first matrix product. The default is float16's largest
+    value: a backbone may compute in float16, and no fine-tuned weight of a real model comes near it.
+    """
+    tensors = [(f"delta {name!r}", delta.values) for name, delta in subnetwork.deltas.items()]
+    tensors += [(f"head tensor {name!r}", tensor) for name, tensor in subnetwork.head.items()]
+    for what, tensor in tensors:
+        if tensor.numel() == 0:
+            continue
+        largest = float(tensor.detach().abs().max().to(torch.float64))
+        if largest > limit:
+            raise SubnetworkFormatError(
+                f"{what} holds a value of magnitude {largest:.3g}, beyond the +-{limit:g} a weight may have "
+                "(such values overflow in the forward pass)"
+            )
 
 
 def _validated_delta(name: str, entry: DeltaEntry, tensors: dict[str, torch.Tensor]) -> SparseRows:

@@ -6,6 +6,7 @@ import asyncio
 from typing import Any, NamedTuple
 
 import ken
+from ken.fileformat import check_magnitudes
 from ken.taskmodel import task_labels
 from service.engine import InferenceEngine
 from service.errors import BackboneMismatch, InvalidSubnetwork
@@ -72,6 +73,7 @@ class SubnetworkCatalog:
         try:
             subnetwork = ken.load_bytes(blob, backbone_fingerprint=backbone.fingerprint)
             backbone.flat.check_compatible(subnetwork)
+            check_magnitudes(subnetwork)
             labels = task_labels(subnetwork.info)
         except ken.FingerprintMismatch as exc:
             raise BackboneMismatch(str(exc)) from None

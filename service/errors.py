@@ -47,5 +47,9 @@ class AdminDisabled(ServiceError):
     """Admin routes are refused: no admin token is configured and the server listens beyond loopback."""
 
 
+class NonFiniteOutput(ServiceError):
+    """A task's weights gave NaN or Inf scores for a request: answered as an error, never as numbers."""
+
+
 class EngineStopped(ServiceError):
     """The backbone owner is not running (start-up failed, or the service is shutting down)."""

@@ -60,6 +60,12 @@ class ServiceMetrics:
             registry=registry,
         )
         self.failed_batches = Counter("ken_failed_batches", "Batches that raised.", ["task"], registry=registry)
+        self.nonfinite_outputs = Counter(
+            "ken_nonfinite_outputs",
+            "Requests refused because the task's forward pass gave NaN or Inf scores.",
+            ["task"],
+            registry=registry,
+        )
         self.cache_hits = Counter("ken_cache_hits", "Delta cache hits per tier.", ["tier"], registry=registry)
         self.cache_misses = Counter("ken_cache_misses", "Delta cache misses per tier.", ["tier"], registry=registry)
         self.cache_bytes = Gauge(

@@ -23,6 +23,7 @@ from service.errors import (
     InvalidSubnetwork,
     InvalidTaskName,
     MissingCredentials,
+    NonFiniteOutput,
     PayloadTooLarge,
     UnsupportedMediaType,
     WrongCredentials,
@@ -41,6 +42,7 @@ STATUS_BY_ERROR: dict[type[Exception], int] = {
     InvalidTaskName: status.HTTP_422_UNPROCESSABLE_CONTENT,
     InvalidInput: status.HTTP_422_UNPROCESSABLE_CONTENT,
     CorruptSubnetwork: status.HTTP_500_INTERNAL_SERVER_ERROR,
+    NonFiniteOutput: status.HTTP_500_INTERNAL_SERVER_ERROR,
     EngineStopped: status.HTTP_503_SERVICE_UNAVAILABLE,
     StoreUnavailable: status.HTTP_503_SERVICE_UNAVAILABLE,
 }

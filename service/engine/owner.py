@@ -13,6 +13,7 @@ from service.engine.encoding import TextEncoder
 from service.engine.integrity import IntegrityMonitor
 from service.engine.scheduler import Batch, ControlJob, TaskQueues
 from service.engine.staged import StagedTask
+from service.errors import NonFiniteOutput
 from service.metrics import ServiceMetrics
 
 logger = logging.getLogger(__name__)
@@ -113,10 +114,24 @@ class BackboneOwner:
                 for item in batch.items:
                     item.future.set_exception(exc)
             return
+        finite = torch.isfinite(logits).reshape(len(logits), -1).all(dim=1)  # per input
+        if not bool(finite.all()):
+            self._restore()  # the delta that overflowed is not left applied for the next batch
         offset = 0
         for item in batch.items:
-            item.future.set_result(logits[offset : offset + item.size])
+            rows = slice(offset, offset + item.size)
             offset += item.size
+            if bool(finite[rows].all()):
+                item.future.set_result(logits[rows])
+                continue
+            self._metrics.nonfinite_outputs.labels(staged.task).inc()
+            logger.error("non-finite scores", extra={"task": staged.task, "version": staged.version})
+            item.future.set_exception(
+                NonFiniteOutput(
+                    f"task {staged.task!r} v{staged.version} gave NaN or Inf scores for this request: its weights "
+                    "overflow in the forward pass; upload a corrected subnetwork"
+                )
+            )
 
     def _switch_to(self, staged: StagedTask) -> None:
         """Make ``staged`` the applied task: an apply from pristine, or one fused pass from another task."""

@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 
 import ken
+from ken.fileformat import check_magnitudes
 from service.allocator import release_freed_memory
 from service.engine.backbone import ResidentBackbone
 from service.engine.lru import ByteBudgetLru
@@ -128,6 +129,7 @@ class TaskResolver:
         try:
             subnetwork = ken.load_bytes(blob, backbone_fingerprint=self._backbone.fingerprint)
             self._backbone.flat.check_compatible(subnetwork)
+            check_magnitudes(subnetwork)
         except ken.FingerprintMismatch as exc:
             raise BackboneMismatch(f"task {task!r}: {exc}") from None
         except ken.KenError as exc:
