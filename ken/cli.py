@@ -42,11 +42,12 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         exclude=args.exclude,
         seed=args.seed,
         progress=not args.quiet,
+        task_type=args.task_type,
     )
     ken.save_file(sub, args.output)
     size = Path(args.output).stat().st_size
     print(
-        f"wrote {args.output}: {sub.kept_entries:,} kept entries in {len(sub.deltas)} tensors, "
+        f"wrote {args.output} ({sub.info.task_type}): {sub.kept_entries:,} kept entries in {len(sub.deltas)} tensors, "
         f"{len(sub.head)} head tensors, {size / 1e6:.2f} MB, {time.perf_counter() - started:.1f} s"
     )
     return EXIT_OK
@@ -93,6 +94,8 @@ def _unavailable(name: str, exc: ImportError) -> Callable[[argparse.Namespace], 
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ken.taskmodel import TASK_TYPES
+
     parser = argparse.ArgumentParser(prog="ken", description="KEN subnetworks: extract, inspect, serve.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -105,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--include", help="regex over backbone tensor names to prune, or preset 'attention'")
     extract.add_argument("--exclude", help="regex over backbone tensor names to leave at pretrained values")
     extract.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
+    extract.add_argument(
+        "--task-type",
+        choices=list(TASK_TYPES),
+        help="what the task answers (default: from the checkpoint's architecture; pair-scoring for a "
+        "sentence-transformers CrossEncoder, feature-extraction for a bare AutoModel)",
+    )
     extract.add_argument("--quiet", action="store_true", help="no progress bar")
     extract.set_defaults(handler=_cmd_extract)
 

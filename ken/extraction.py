@@ -7,9 +7,12 @@ ones are skipped: whatever the rule keeps there changes nothing and would not be
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,8 +22,10 @@ from ken.alignment import align
 from ken.backbone import fingerprint
 from ken.checkpoint import ModelSource, load_backbone_state, load_finetuned
 from ken.errors import KenError
+from ken.pooling import Pooling, read_pooling
 from ken.selection import kept_mask_rows
 from ken.subnetwork import SparseRows, Subnetwork, SubnetworkInfo
+from ken.taskmodel import FEATURE_EXTRACTION, PAIR_SCORING, SEQUENCE_CLASSIFICATION, TASK_TYPES, TOKEN_CLASSIFICATION
 
 METHODS = ("ken", "random", "magnitude")
 #: Name patterns offered by name; ``attention`` is the paper's attention-only variant.
@@ -93,7 +98,12 @@ def extract(
     dicts. ``include``/``exclude`` are regular expressions (or a preset name from
     :data:`PRESETS`) over backbone tensor names; backbone tensors left out keep their pretrained
     values. ``random`` and ``magnitude`` keep, per row, as many entries as KEN keeps there.
+    ``task_type`` (one of :data:`ken.taskmodel.TASK_TYPES`) defaults to what the fine-tuned
+    checkpoint says (:func:`infer_task_type`); an embedding task records its pooling
+    (:func:`task_pooling_of`).
     """
+    if task_type is not None and task_type not in TASK_TYPES:
+        raise KenError(f"unknown task type {task_type!r}; choose one of {', '.join(TASK_TYPES)}")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise KenError(f"k must be an integer >= 1, got {k!r}")
     if method not in METHODS:
@@ -123,31 +133,71 @@ def extract(
         selected[item.name] = int(masks[item.name].sum()) if item.name in masks else 0
 
     head = {name: ft_state[name].detach().cpu().clone() for name in alignment.head}
+    task_type = task_type or infer_task_type(config, _folder(finetuned))
+    pooling = task_pooling_of(finetuned, base) if task_type == FEATURE_EXTRACTION else None
     info = SubnetworkInfo(
         backbone_fingerprint=fingerprint(base_state),
         method=method,
         k=k,
         base_prefix=alignment.prefix,
-        task_type=task_type or infer_task_type(config),
+        task_type=task_type,
         id2label={int(i): str(label) for i, label in (config.get("id2label") or {}).items()},
         config=config,
         include=include,
         exclude=exclude,
         selected=selected,
+        pooling=pooling,
     )
     return Subnetwork(deltas={n: d for n, d in deltas.items() if d.nnz}, head=head, info=info)
 
 
-def infer_task_type(config: dict[str, Any]) -> str:
-    architectures = config.get("architectures") or []
-    for arch in architectures:
-        for suffix, task in (
-            ("ForSequenceClassification", "sequence-classification"),
-            ("ForTokenClassification", "token-classification"),
-        ):
-            if arch.endswith(suffix):
-                return task
-    return "sequence-classification" if config.get("id2label") else "feature-extraction"
+def _folder(source: ModelSource) -> Path | None:
+    return Path(source) if isinstance(source, (str, os.PathLike)) else None
+
+
+def is_cross_encoder(config: dict[str, Any], folder: Path | None) -> bool:
+    """Whether sentence-transformers saved this sequence classifier as a ``CrossEncoder`` (pair inputs).
+
+    Its v4/v5 releases put a ``sentence_transformers`` block in ``config.json``; later ones name the
+    model type in ``config_sentence_transformers.json``.
+    """
+    if isinstance(config.get("sentence_transformers"), dict):
+        return True
+    settings = folder / "config_sentence_transformers.json" if folder is not None else None
+    if settings is None or not settings.is_file():
+        return False
+    try:
+        return json.loads(settings.read_text()).get("model_type") == "CrossEncoder"
+    except (json.JSONDecodeError, AttributeError):
+        return False
+
+
+def infer_task_type(config: dict[str, Any], folder: Path | None = None) -> str:
+    """The task type a fine-tuned checkpoint was trained for, from its architecture.
+
+    ``*ForTokenClassification``: token classification; ``*ForSequenceClassification``: pair scoring
+    when sentence-transformers saved it as a cross-encoder, else sequence classification; a bare
+    ``*Model`` (what ``AutoModel`` and sentence-transformers save): feature extraction.
+    """
+    for arch in config.get("architectures") or []:
+        if arch.endswith("ForTokenClassification"):
+            return TOKEN_CLASSIFICATION
+        if arch.endswith("ForSequenceClassification"):
+            return PAIR_SCORING if is_cross_encoder(config, folder) else SEQUENCE_CLASSIFICATION
+        if arch.endswith("Model"):
+            return FEATURE_EXTRACTION
+    return SEQUENCE_CLASSIFICATION if config.get("id2label") else FEATURE_EXTRACTION
+
+
+def task_pooling_of(finetuned: ModelSource, base: ModelSource) -> Pooling:
+    """An embedding task's pooling: the fine-tuned folder's sentence-transformers settings, else the
+    backbone folder's (fine-tuning keeps the pooling), else mean pooling without normalisation."""
+    for source in (finetuned, base):
+        folder = _folder(source)
+        pooling = read_pooling(folder) if folder is not None else None
+        if pooling is not None:
+            return pooling
+    return Pooling()
 
 
 def _run_selection(work: list[_Work], k: int, method: str, seed: int, progress: bool) -> dict[str, torch.Tensor]:

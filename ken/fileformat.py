@@ -19,8 +19,9 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from ken.errors import FingerprintMismatch, SubnetworkFormatError
+from ken.errors import FingerprintMismatch, KenError, SubnetworkFormatError
 from ken.metadata import DeltaEntry, KenMetadata, parse_metadata
+from ken.pooling import Pooling
 from ken.subnetwork import FORMAT_VERSION, SparseRows, Subnetwork, SubnetworkInfo
 
 METADATA_KEY = "ken"
@@ -62,6 +63,7 @@ def save_bytes(subnetwork: Subnetwork) -> bytes:
         "config": info.config,
         "include": info.include,
         "exclude": info.exclude,
+        "pooling": info.pooling.to_dict() if info.pooling is not None else None,
         "deltas": deltas_meta,
         "head": sorted(subnetwork.head),
     }
@@ -200,6 +202,7 @@ def _info_from_meta(meta: KenMetadata) -> SubnetworkInfo:
         config=meta.config,
         include=meta.include,
         exclude=meta.exclude,
+        pooling=_pooling(meta.pooling),
     )
 
 
@@ -221,6 +224,15 @@ def check_magnitudes(subnetwork: Subnetwork, limit: float = FLOAT16_MAX) -> None
                 f"{what} holds a value of magnitude {largest:.3g}, beyond the +-{limit:g} a weight may have "
                 "(such values overflow in the forward pass)"
             )
+
+
+def _pooling(value: dict[str, Any] | None) -> Pooling | None:
+    if value is None:
+        return None
+    try:
+        return Pooling.from_dict(value)
+    except KenError as exc:
+        raise SubnetworkFormatError(f"subnetwork metadata field 'pooling': {exc}") from None
 
 
 def _validated_delta(name: str, entry: DeltaEntry, tensors: dict[str, torch.Tensor]) -> SparseRows:

@@ -13,7 +13,9 @@ from safetensors.torch import save_file
 from ken.backbone import fingerprint
 from ken.checkpoint import ModelSource, load_backbone_state
 from ken.errors import FingerprintMismatch, KenError
+from ken.pooling import write_sentence_transformers_files
 from ken.subnetwork import Subnetwork
+from ken.taskmodel import FEATURE_EXTRACTION, task_pooling
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -46,7 +48,11 @@ def materialized_state(base: ModelSource, subnetwork: Subnetwork) -> dict[str, t
 
 
 def materialize(base: str | os.PathLike[str], subnetwork: Subnetwork, output: str | os.PathLike[str]) -> Path:
-    """Write the subnetwork model to ``output`` (config, safetensors weights, tokenizer files)."""
+    """Write the subnetwork model to ``output`` (config, safetensors weights, tokenizer files).
+
+    An embedding task's folder is also a sentence-transformers model with the task's pooling, so
+    ``SentenceTransformer(output)`` embeds as the service does.
+    """
     base_dir, out_dir = Path(base), Path(output)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise KenError(f"{out_dir} exists and is not empty; choose a new output folder")
@@ -60,4 +66,7 @@ def materialize(base: str | os.PathLike[str], subnetwork: Subnetwork, output: st
     for name in TOKENIZER_FILES:
         if (base_dir / name).is_file():
             shutil.copy2(base_dir / name, out_dir / name)
+    if subnetwork.info.task_type == FEATURE_EXTRACTION:
+        dimension = int(subnetwork.info.config.get("hidden_size", 0))
+        write_sentence_transformers_files(out_dir, task_pooling(subnetwork.info), dimension)
     return out_dir

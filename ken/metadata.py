@@ -46,6 +46,7 @@ class KenMetadata(_Strict):
     config: dict[str, Any]
     include: Text | None = None
     exclude: Text | None = None
+    pooling: dict[str, Any] | None = None  # embedding tasks; its fields are checked by ken.pooling.Pooling
     deltas: dict[Text, DeltaEntry]
     head: list[Text]
 

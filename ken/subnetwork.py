@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from ken.pooling import Pooling
+
 FORMAT_VERSION = 1
 
 
@@ -72,6 +74,7 @@ class SubnetworkInfo:
     include: str | None = None
     exclude: str | None = None
     selected: dict[str, int] = field(default_factory=dict)
+    pooling: Pooling | None = None  # embedding tasks: how token states become one vector
     format_version: int = FORMAT_VERSION
 
     @property

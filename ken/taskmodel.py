@@ -21,11 +21,23 @@ from transformers import (
 )
 
 from ken.errors import KenError
+from ken.pooling import Pooling, pool
 from ken.subnetwork import SubnetworkInfo
 
+#: One label distribution per input (text classification).
+SEQUENCE_CLASSIFICATION = "sequence-classification"
+#: One label distribution per token (NER-style tagging).
+TOKEN_CLASSIFICATION = "token-classification"
+#: One relevance score per text pair (a cross-encoder: sequence classification over pair inputs).
+PAIR_SCORING = "pair-scoring"
+#: One pooled vector per input (a sentence embedding); the task has no head.
+FEATURE_EXTRACTION = "feature-extraction"
+TASK_TYPES = (SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, PAIR_SCORING, FEATURE_EXTRACTION)
+
 AUTO_CLASSES = {
-    "sequence-classification": AutoModelForSequenceClassification,
-    "token-classification": AutoModelForTokenClassification,
+    SEQUENCE_CLASSIFICATION: AutoModelForSequenceClassification,
+    TOKEN_CLASSIFICATION: AutoModelForTokenClassification,
+    PAIR_SCORING: AutoModelForSequenceClassification,
 }
 
 #: Fields that shape the network; a subnetwork made for another shape is refused by name.
@@ -75,8 +87,10 @@ def _same_value(a: Any, b: Any) -> bool:
 def task_labels(info: SubnetworkInfo) -> list[str]:
     """The task's label names by class index: the config's ``id2label``, else the metadata's.
 
-    Keys must be the class indices ``0 .. n-1`` without gaps, values strings.
+    Keys must be the class indices ``0 .. n-1`` without gaps, values strings. An embedding task has none.
     """
+    if info.task_type == FEATURE_EXTRACTION:
+        return []
     raw = info.config.get("id2label", info.id2label)
     if not isinstance(raw, dict):
         raise _fail("id2label", f"must be an object of class index -> label, got {type(raw).__name__}")
@@ -155,9 +169,13 @@ def attach_head(backbone: PreTrainedModel, info: SubnetworkInfo, head: dict[str,
     tensors parsed from bytes may sit at any offset, and CPU kernels round the last bit of a
     result differently for misaligned data.
     """
+    if info.task_type == FEATURE_EXTRACTION:
+        if head:
+            raise KenError(f"a {FEATURE_EXTRACTION} task has no head, but the subnetwork has {sorted(head)[0]!r}")
+        return backbone
     auto_class = AUTO_CLASSES.get(info.task_type)
     if auto_class is None:
-        raise KenError(f"task type {info.task_type!r} is not supported; supported: {', '.join(AUTO_CLASSES)}")
+        raise KenError(f"task type {info.task_type!r} is not supported; supported: {', '.join(TASK_TYPES)}")
     parameter = next(backbone.parameters())
     with torch.device("meta"):
         model = auto_class.from_config(task_config(info, backbone.config))
@@ -191,3 +209,27 @@ def check_head_tensors(
     missing = sorted(set(expected) - set(head))
     if missing:
         raise KenError(f"the subnetwork's head lacks {missing[0]!r} (and {len(missing) - 1} more)")
+
+
+def task_pooling(info: SubnetworkInfo) -> Pooling:
+    """An embedding task's pooling: as recorded, else mean pooling without normalisation."""
+    return info.pooling if info.pooling is not None else Pooling()
+
+
+def task_outputs(model: PreTrainedModel, info: SubnetworkInfo, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """One forward pass of a task model over a padded batch: per input, what its task type answers.
+
+    Float32 on the CPU: classification logits ``[labels]`` (sequence classification, pair scoring),
+    per-token logits ``[tokens, labels]`` cut to the input's own tokens (token classification), or
+    the pooled embedding ``[hidden]`` (feature extraction), not yet normalised: whether to normalise
+    is the caller's choice (the task's pooling gives the default).
+    """
+    output = model(**inputs)
+    if info.task_type == FEATURE_EXTRACTION:
+        vectors = pool(output.last_hidden_state, inputs["attention_mask"], task_pooling(info).mode)
+        return list(vectors.float().cpu().unbind(0))
+    logits = output.logits.float().cpu()
+    if info.task_type == TOKEN_CLASSIFICATION:
+        lengths = inputs["attention_mask"].sum(dim=1).tolist()
+        return [row[:length] for row, length in zip(logits.unbind(0), lengths, strict=True)]
+    return list(logits.unbind(0))

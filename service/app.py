@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 import service
-from service.api import predict, subnetworks, system, v2
+from service.api import embeddings, predict, subnetworks, system, v2
 from service.api.error_handlers import install_error_handlers
 from service.body_limit import BodyLimitMiddleware
 from service.catalog import SubnetworkCatalog
@@ -68,7 +68,14 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     install_error_handlers(app)
-    for router in (subnetworks.router, predict.router, system.router, v2.health_router, v2.router):
+    for router in (
+        subnetworks.router,
+        predict.router,
+        embeddings.router,
+        system.router,
+        v2.health_router,
+        v2.router,
+    ):
         app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes, exempt=is_upload)
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)  # added last: outermost, so it sees every answer

@@ -7,14 +7,14 @@ from typing import Any, NamedTuple
 
 import ken
 from ken.fileformat import check_magnitudes
-from ken.taskmodel import task_labels
+from ken.taskmodel import FEATURE_EXTRACTION, PAIR_SCORING, task_labels, task_pooling
 from service.engine import InferenceEngine
 from service.errors import BackboneMismatch, InvalidSubnetwork
 from service.store import StoredManifest, SubnetworkStore, TaskNotFound
 from service.store.base import sha256_hex
+from service.task_types import ROUTES, SERVED_TASK_TYPES
 
-#: Task types the API knows how to answer (one label distribution per input).
-SERVED_TASK_TYPES = ("sequence-classification",)
+__all__ = ["SERVED_TASK_TYPES", "SubnetworkCatalog", "describe"]
 
 
 def describe(subnetwork: ken.Subnetwork) -> dict[str, Any]:
@@ -28,6 +28,8 @@ def describe(subnetwork: ken.Subnetwork) -> dict[str, Any]:
         "head_entries": subnetwork.head_entries,
         "labels": task_labels(info),
         "backbone_fingerprint": info.backbone_fingerprint,
+        "routes": ROUTES[info.task_type],
+        **({"pooling": task_pooling(info).to_dict()} if info.task_type == FEATURE_EXTRACTION else {}),
     }
 
 
@@ -79,10 +81,21 @@ class SubnetworkCatalog:
             raise BackboneMismatch(str(exc)) from None
         except ValueError as exc:  # ken's errors are ValueErrors, and so is a config transformers rejects
             raise InvalidSubnetwork(str(exc)) from None
-        if subnetwork.info.task_type not in SERVED_TASK_TYPES:
-            raise InvalidSubnetwork(
-                f"task type {subnetwork.info.task_type!r} is not served; supported: {', '.join(SERVED_TASK_TYPES)}"
-            )
-        if not labels:
-            raise InvalidSubnetwork("the subnetwork's task has no labels")
+        check_task_shape(subnetwork.info, labels)
         return subnetwork
+
+
+def check_task_shape(info: ken.SubnetworkInfo, labels: list[str]) -> None:
+    """What the task type needs of the subnetwork: a served type, labels where it classifies, one score for pairs."""
+    task_type = info.task_type
+    if task_type not in SERVED_TASK_TYPES:
+        raise InvalidSubnetwork(f"task type {task_type!r} is not served; supported: {', '.join(SERVED_TASK_TYPES)}")
+    if task_type == FEATURE_EXTRACTION:
+        return  # no labels; the head must be empty (checked when the task model is built)
+    if not labels:
+        raise InvalidSubnetwork("the subnetwork's task has no labels")
+    if task_type == PAIR_SCORING and len(labels) != 1:
+        raise InvalidSubnetwork(
+            f"a {PAIR_SCORING} task answers one relevance score per pair, but this one has {len(labels)} labels "
+            "(pair classifiers with several labels, e.g. NLI, are not served)"
+        )

@@ -35,6 +35,10 @@ class InvalidInput(ServiceError):
     """A request that is well-formed JSON but breaks a limit or a rule (too many inputs, bad tensor shape)."""
 
 
+class WrongTaskType(ServiceError):
+    """A task sent to a route that does not serve its task type (the message names the right route)."""
+
+
 class MissingCredentials(ServiceError):
     pass
 

@@ -29,7 +29,13 @@ class ServiceMetrics:
             "ken_inference_requests", "Inference requests per task and outcome.", ["task", "outcome"], registry=registry
         )
         self.inference_inputs = Counter(
-            "ken_inference_inputs", "Texts classified per task.", ["task"], registry=registry
+            "ken_inference_inputs", "Inputs (texts or text pairs) answered per task.", ["task"], registry=registry
+        )
+        self.inference_tokens = Counter(
+            "ken_inference_tokens",
+            "Tokens of the answered inputs per task, after truncation.",
+            ["task"],
+            registry=registry,
         )
         self.inference_latency = Histogram(
             "ken_inference_duration_seconds",

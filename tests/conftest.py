@@ -11,7 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from tests.tiny_models import TinyPair, make_bert_pair, make_gpt2_pair
+from tests.tiny_models import TinyPair, make_bert_pair, make_bert_task, make_gpt2_pair
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +32,11 @@ def tiny_bert_other_task(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Ti
 @pytest.fixture(scope="session")
 def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> TinyPair:
     return make_gpt2_pair(tmp_path_factory.mktemp("tiny-gpt2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_kinds(tmp_path_factory: pytest.TempPathFactory, tiny_bert: TinyPair) -> dict[str, Path]:
+    """Fine-tunes of the tiny backbone by task type: token-classification, pair-scoring, feature-extraction."""
+    root = tmp_path_factory.mktemp("tiny-bert-kinds")
+    kinds = ("token-classification", "pair-scoring", "feature-extraction")
+    return {kind: make_bert_task(tiny_bert.base, root / kind, kind) for kind in kinds}

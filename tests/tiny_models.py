@@ -13,12 +13,15 @@ import torch
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
+    BertForTokenClassification,
     BertModel,
     BertTokenizerFast,
     GPT2Config,
     GPT2ForSequenceClassification,
     GPT2Model,
 )
+
+from ken.pooling import Pooling, write_sentence_transformers_files
 
 WORDS = (
     "the a of and to in is it that was for on are with as i his they be at one have this from or had by "
@@ -103,3 +106,40 @@ def make_gpt2_pair(root: Path, *, seed: int = 0, num_labels: int = 2) -> TinyPai
     perturb(finetuned, seed + 1)
     finetuned.save_pretrained(ft_dir)
     return TinyPair(base_dir, ft_dir)
+
+
+NER_LABELS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG")
+#: What sentence-transformers (v4, v5) writes into a CrossEncoder's config.json.
+CROSS_ENCODER_MARK = {"activation_fn": "torch.nn.modules.activation.Sigmoid", "version": "5.0.0"}
+
+
+def make_bert_task(base_dir: Path, out_dir: Path, task_type: str, *, seed: int = 3) -> Path:
+    """A fine-tune of the tiny BERT backbone at ``base_dir`` for ``task_type``, saved as a real folder.
+
+    ``token-classification``: a 5-label NER tagger; ``pair-scoring``: a one-score cross-encoder (marked
+    as sentence-transformers marks one); ``feature-extraction``: a bare ``BertModel`` with
+    sentence-transformers files (mean pooling, normalised).
+    """
+    base = BertModel.from_pretrained(base_dir)
+    config = BertConfig.from_pretrained(base_dir)
+    if task_type == "feature-extraction":
+        model: torch.nn.Module = BertModel(config)
+        model.load_state_dict(base.state_dict())
+    else:
+        labels = NER_LABELS if task_type == "token-classification" else ("score",)
+        config.num_labels = len(labels)
+        config.id2label = dict(enumerate(labels))
+        config.label2id = {label: i for i, label in enumerate(labels)}
+        if task_type == "token-classification":
+            model = BertForTokenClassification(config)
+        else:
+            config.sentence_transformers = dict(CROSS_ENCODER_MARK)
+            model = BertForSequenceClassification(config)
+        # a token classifier's BERT has no pooler: strict=False leaves the backbone's pooler out
+        model.bert.load_state_dict(base.state_dict(), strict=task_type != "token-classification")
+    perturb(model, seed, scale=0.05)
+    model.save_pretrained(out_dir)
+    BertTokenizerFast.from_pretrained(base_dir).save_pretrained(out_dir)
+    if task_type == "feature-extraction":
+        write_sentence_transformers_files(out_dir, Pooling(mode="mean", normalize=True), config.hidden_size)
+    return out_dir

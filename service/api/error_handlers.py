@@ -27,11 +27,13 @@ from service.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
     WrongCredentials,
+    WrongTaskType,
 )
 from service.store import CorruptSubnetwork, StoreUnavailable, TaskNotFound
 
 STATUS_BY_ERROR: dict[type[Exception], int] = {
     InvalidSubnetwork: status.HTTP_400_BAD_REQUEST,
+    WrongTaskType: status.HTTP_400_BAD_REQUEST,
     MissingCredentials: status.HTTP_401_UNAUTHORIZED,
     WrongCredentials: status.HTTP_403_FORBIDDEN,
     AdminDisabled: status.HTTP_403_FORBIDDEN,

@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response, status
 
 import service
+from ken.taskmodel import FEATURE_EXTRACTION, SEQUENCE_CLASSIFICATION
 from service.api.inputs import check_inputs
 from service.api.system import check_readiness
 from service.api.v2_schemas import (
@@ -29,13 +30,19 @@ from service.api.v2_schemas import (
 from service.deps import ApiAccess, EngineDep, SettingsDep, StoreDep, TaskName
 from service.engine import Prediction
 from service.errors import InvalidInput
+from service.task_types import check_task_type
 
 PLATFORM = "ken-subnetwork"
-OUTPUTS = ("label", "score", "logits", "truncated")
+#: The task types served here, and the outputs of each (the first ones are the default answer).
+OUTPUTS = {
+    SEQUENCE_CLASSIFICATION: ("label", "score", "logits", "truncated"),
+    FEATURE_EXTRACTION: ("embedding", "truncated"),
+}
+DEFAULT_OUTPUTS = {SEQUENCE_CLASSIFICATION: ["label", "score", "logits"], FEATURE_EXTRACTION: ["embedding"]}
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": description}
     for code, description in {
-        400: "The body is not valid JSON.",
+        400: "The body is not valid JSON, or the task's type is not served here (the message names its route).",
         401: "No bearer token.",
         403: "Wrong bearer token.",
         404: "No such model (task).",
@@ -69,20 +76,26 @@ async def server_metadata() -> ServerMetadata:
 
 
 @router.get("/models/{task}")
-async def model_metadata(task: TaskName, store: StoreDep) -> ModelMetadata:
+async def model_metadata(task: TaskName, store: StoreDep, engine: EngineDep) -> ModelMetadata:
     manifest = await store.manifest(task)
-    labels = len(manifest.info["labels"])
+    task_type = manifest.info.get("task_type", SEQUENCE_CLASSIFICATION)
+    check_task_type(task, task_type, OUTPUTS)
+    if task_type == FEATURE_EXTRACTION:
+        dimension = int(engine.backbone.model.config.hidden_size)
+        outputs = [TensorMetadata(name="embedding", datatype="FP32", shape=[-1, dimension])]
+    else:
+        labels = len(manifest.info["labels"])
+        outputs = [
+            TensorMetadata(name="label", datatype="BYTES", shape=[-1]),
+            TensorMetadata(name="score", datatype="FP32", shape=[-1]),
+            TensorMetadata(name="logits", datatype="FP32", shape=[-1, labels]),
+        ]
     return ModelMetadata(
         name=task,
         versions=[str(manifest.version)],
         platform=PLATFORM,
         inputs=[TensorMetadata(name=TEXT_INPUT, datatype="BYTES", shape=[-1])],
-        outputs=[
-            TensorMetadata(name="label", datatype="BYTES", shape=[-1]),
-            TensorMetadata(name="score", datatype="FP32", shape=[-1]),
-            TensorMetadata(name="logits", datatype="FP32", shape=[-1, labels]),
-            TensorMetadata(name="truncated", datatype="BOOL", shape=[-1]),
-        ],
+        outputs=[*outputs, TensorMetadata(name="truncated", datatype="BOOL", shape=[-1])],
     )
 
 
@@ -95,14 +108,16 @@ async def model_ready(task: TaskName, store: StoreDep) -> ModelReadiness:
 
 @router.post("/models/{task}/infer", response_model_exclude_none=True)
 async def infer(task: TaskName, body: InferenceRequest, engine: EngineDep, settings: SettingsDep) -> InferenceResponse:
-    """Classify a BYTES tensor of texts named ``text``; outputs label, score, logits [N, labels], truncated."""
+    """A BYTES tensor of texts named ``text`` in; out: label, score, logits [N, labels] (classification)
+    or embedding [N, hidden] (embedding tasks, normalised as the task's pooling says), and truncated."""
     texts = _texts(body)
     check_inputs(texts, settings)
-    wanted = [output.name for output in body.outputs] if body.outputs else ["label", "score", "logits"]
-    unknown = sorted(set(wanted) - set(OUTPUTS))
+    prediction = await engine.predict(task, texts, accept=OUTPUTS)
+    available = OUTPUTS[prediction.task_type]
+    wanted = [output.name for output in body.outputs] if body.outputs else DEFAULT_OUTPUTS[prediction.task_type]
+    unknown = sorted(set(wanted) - set(available))
     if unknown:
-        raise InvalidInput(f"unknown output {unknown[0]!r}; this model has {', '.join(OUTPUTS)}")
-    prediction = await engine.predict(task, texts)
+        raise InvalidInput(f"unknown output {unknown[0]!r}; this model has {', '.join(available)}")
     tensors = _output_tensors(prediction)
     return InferenceResponse(
         model_name=task, model_version=str(prediction.version), id=body.id, outputs=[tensors[name] for name in wanted]
@@ -135,8 +150,16 @@ def _flatten(data: list[Any]) -> list[Any]:
 
 
 def _output_tensors(prediction: Prediction) -> dict[str, ResponseOutput]:
+    count = len(prediction.truncated)
+    truncated = ResponseOutput(name="truncated", shape=[count], datatype="BOOL", data=prediction.truncated)
+    if prediction.task_type == FEATURE_EXTRACTION:
+        vectors = prediction.embeddings()
+        embedding = ResponseOutput(
+            name="embedding", shape=list(vectors.shape), datatype="FP32", data=vectors.reshape(-1).tolist()
+        )
+        return {"embedding": embedding, "truncated": truncated}
     scores, indices = prediction.probabilities().max(dim=1)
-    count, labels = prediction.logits.shape
+    labels = prediction.logits.shape[1]
     return {
         "label": ResponseOutput(
             name="label", shape=[count], datatype="BYTES", data=[prediction.labels[i] for i in indices.tolist()]
@@ -145,5 +168,5 @@ def _output_tensors(prediction: Prediction) -> dict[str, ResponseOutput]:
         "logits": ResponseOutput(
             name="logits", shape=[count, labels], datatype="FP32", data=prediction.logits.reshape(-1).tolist()
         ),
-        "truncated": ResponseOutput(name="truncated", shape=[count], datatype="BOOL", data=prediction.truncated),
+        "truncated": truncated,
     }

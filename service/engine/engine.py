@@ -6,23 +6,33 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
 
 import ken
+from ken.pooling import Pooling
+from ken.taskmodel import (
+    FEATURE_EXTRACTION,
+    PAIR_SCORING,
+    SEQUENCE_CLASSIFICATION,
+    TOKEN_CLASSIFICATION,
+    task_pooling,
+)
 from service.engine.backbone import ResidentBackbone
-from service.engine.encoding import TextEncoder
+from service.engine.encoding import EncodedTexts, TextEncoder
 from service.engine.integrity import IntegrityMonitor
 from service.engine.owner import BackboneOwner
 from service.engine.resolver import TaskResolver
 from service.engine.scheduler import TaskQueues, WorkItem
-from service.errors import EngineStopped
+from service.engine.staged import StagedTask
+from service.errors import EngineStopped, InvalidInput
 from service.metrics import ServiceMetrics
 from service.settings import SchedulingMode, Settings
 from service.store import SubnetworkStore, TaskNotFound
+from service.task_types import check_task_type
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -30,16 +40,36 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Prediction:
-    """Raw results for one request; the API turns them into labels and scores."""
+    """Raw results for one request; the API turns them into labels, scores, entities or embeddings."""
 
     task: str
     version: int
+    task_type: str
     labels: list[str]
-    logits: torch.Tensor  # float32 [inputs, labels]
-    truncated: list[bool]
+    #: per input, float32: logits [labels] (classification, pair scoring), [tokens, labels] (token
+    #: classification) or the pooled, not yet normalised embedding [hidden] (feature extraction)
+    outputs: list[torch.Tensor]
+    encoded: EncodedTexts
+    pooling: Pooling | None = None  # feature extraction only
+
+    @property
+    def truncated(self) -> list[bool]:
+        return self.encoded.truncated
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """``[inputs, labels]`` (one row per input: classification and pair scoring)."""
+        return torch.stack(self.outputs)
 
     def probabilities(self) -> torch.Tensor:
         return torch.softmax(self.logits, dim=-1)
+
+    def embeddings(self, normalize: bool | None = None) -> torch.Tensor:
+        """``[inputs, hidden]`` (feature extraction), L2-normalised when asked (None: as the task's pooling says)."""
+        assert self.pooling is not None, "not an embedding task"
+        vectors = torch.stack(self.outputs)
+        wanted = self.pooling.normalize if normalize is None else normalize
+        return torch.nn.functional.normalize(vectors, p=2, dim=1) if wanted else vectors
 
 
 @dataclass(frozen=True)
@@ -127,7 +157,19 @@ class InferenceEngine:
         self._queues.close()
         await asyncio.to_thread(self._owner.join)
 
-    async def predict(self, task: str, texts: Sequence[str]) -> Prediction:
+    async def predict(
+        self,
+        task: str,
+        texts: Sequence[str],
+        *,
+        pairs: Sequence[str] | None = None,
+        accept: Collection[str] = (SEQUENCE_CLASSIFICATION,),
+    ) -> Prediction:
+        """Run ``task`` over ``texts`` (with ``pairs`` as second segments, for pair scoring).
+
+        ``accept``: the task types the calling route serves; any other raises WrongTaskType naming
+        the task's routes, before anything is queued.
+        """
         started = time.perf_counter()
         task_label, outcome = task, "error"
         failure = self.integrity.status.failure
@@ -135,11 +177,12 @@ class InferenceEngine:
             raise EngineStopped(f"the backbone failed its integrity check, restart the service: {failure}")
         try:
             staged = await self._resolver.resolve(task)
-            encoded = await asyncio.to_thread(self._encoder.encode, texts)
+            check_task_type(task, staged.info.task_type, accept)
+            encoded = await asyncio.to_thread(self._encode, staged, texts, pairs)
             item = WorkItem(staged, encoded)
             self._queues.submit(item)
             self._metrics.queued_requests.set(self._queues.pending_requests)
-            logits = await asyncio.wrap_future(item.future)
+            outputs = await asyncio.wrap_future(item.future)
             outcome = "ok"
         except TaskNotFound:
             # Unknown names come from clients: one shared series, so they cannot inflate the label set.
@@ -149,7 +192,21 @@ class InferenceEngine:
             self._metrics.inference_requests.labels(task_label, outcome).inc()
             self._metrics.inference_latency.observe(time.perf_counter() - started)
         self._metrics.inference_inputs.labels(task).inc(len(texts))
-        return Prediction(task, staged.version, staged.labels, logits, encoded.truncated)
+        self._metrics.inference_tokens.labels(task).inc(sum(len(f["input_ids"]) for f in encoded.features))
+        pooling = task_pooling(staged.info) if staged.info.task_type == FEATURE_EXTRACTION else None
+        return Prediction(task, staged.version, staged.info.task_type, staged.labels, outputs, encoded, pooling)
+
+    def _encode(self, staged: StagedTask, texts: Sequence[str], pairs: Sequence[str] | None) -> EncodedTexts:
+        """Tokenise as the task's type needs: pairs, character offsets, the pooling's length limit."""
+        task_type = staged.info.task_type
+        if (pairs is not None) != (task_type == PAIR_SCORING):
+            raise InvalidInput(f"a {task_type} task takes {'text pairs' if pairs is None else 'single texts'}")
+        max_length = None
+        if task_type == FEATURE_EXTRACTION:
+            max_length = task_pooling(staged.info).max_seq_length
+        return self._encoder.encode(
+            texts, pairs=pairs, offsets=task_type == TOKEN_CLASSIFICATION, max_length=max_length
+        )
 
     async def stage(self, task: str, version: int) -> int:
         """Make ``task`` resident at ``version`` or newer before requests for it arrive; the version staged.

@@ -8,6 +8,7 @@ import time
 
 import torch
 
+from ken.taskmodel import task_outputs
 from service.engine.backbone import ResidentBackbone
 from service.engine.encoding import TextEncoder
 from service.engine.integrity import IntegrityMonitor
@@ -102,7 +103,7 @@ class BackboneOwner:
         self._metrics.queued_requests.set(self._queues.pending_requests)
         try:
             self._switch_to(staged)
-            logits = self._forward(staged, batch)
+            outputs = self._forward(staged, batch)
             if not self._keep_applied:
                 self._restore()
         except Exception as exc:
@@ -114,15 +115,15 @@ class BackboneOwner:
                 for item in batch.items:
                     item.future.set_exception(exc)
             return
-        finite = torch.isfinite(logits).reshape(len(logits), -1).all(dim=1)  # per input
-        if not bool(finite.all()):
+        finite = [bool(torch.isfinite(output).all()) for output in outputs]  # per input
+        if not all(finite):
             self._restore()  # the delta that overflowed is not left applied for the next batch
         offset = 0
         for item in batch.items:
             rows = slice(offset, offset + item.size)
             offset += item.size
-            if bool(finite[rows].all()):
-                item.future.set_result(logits[rows])
+            if all(finite[rows]):
+                item.future.set_result(outputs[rows])
                 continue
             self._metrics.nonfinite_outputs.labels(staged.task).inc()
             logger.error("non-finite scores", extra={"task": staged.task, "version": staged.version})
@@ -157,18 +158,19 @@ class BackboneOwner:
         self._applied = None
         self._metrics.swap_time.labels(applied.task, "revert").observe(time.perf_counter() - started)
 
-    def _forward(self, staged: StagedTask, batch: Batch) -> torch.Tensor:
+    def _forward(self, staged: StagedTask, batch: Batch) -> list[torch.Tensor]:
+        """Per input of the batch, what its task type answers (``ken.taskmodel.task_outputs``)."""
         assert staged.model is not None
         features = [feature for item in batch.items for feature in item.encoded.features]
         started = time.perf_counter()
-        chunks = []
+        outputs: list[torch.Tensor] = []
         for start in range(0, len(features), self._max_batch_inputs):
             inputs = self._encoder.collate(features[start : start + self._max_batch_inputs])
             inputs = {name: tensor.to(self._backbone.device) for name, tensor in inputs.items()}
-            chunks.append(staged.model(**inputs).logits.float().cpu())
+            outputs += task_outputs(staged.model, staged.info, inputs)
         self._metrics.forward_time.observe(time.perf_counter() - started)
         self._metrics.batch_size.observe(batch.inputs)
-        return torch.cat(chunks)
+        return outputs
 
     def _synchronize(self) -> None:
         if self._backbone.device.type == "cuda":

@@ -33,11 +33,11 @@ from service.errors import EngineStopped
 
 @dataclass(eq=False)
 class WorkItem:
-    """One inference request: its texts for one staged task, and the future of its logits."""
+    """One inference request: its texts for one staged task, and the future of its outputs (one per input)."""
 
     staged: StagedTask
     encoded: EncodedTexts
-    future: Future[torch.Tensor] = field(default_factory=Future)
+    future: Future[list[torch.Tensor]] = field(default_factory=Future)
     enqueued_at: float = field(default_factory=time.monotonic)
 
     @property
