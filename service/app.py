@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 import service
-from service.api import embeddings, predict, subnetworks, system, v2
+from service.api import embeddings, predict, rerank, subnetworks, system, tokens, v2
 from service.api.error_handlers import install_error_handlers
 from service.body_limit import BodyLimitMiddleware
 from service.catalog import SubnetworkCatalog
@@ -72,6 +72,8 @@ def create_app(settings: Settings) -> FastAPI:
         subnetworks.router,
         predict.router,
         embeddings.router,
+        tokens.router,
+        rerank.router,
         system.router,
         v2.health_router,
         v2.router,

@@ -21,22 +21,14 @@ from service.api.embeddings_schemas import (
     OpenAIUsage,
 )
 from service.api.inputs import check_inputs
+from service.api.responses import VERSION_HEADER, inference_errors
 from service.deps import ApiAccess, EngineDep, SettingsDep
 from service.engine import Prediction
 from service.errors import InvalidInput
 
-VERSION_HEADER = "X-Ken-Task-Version"
-ERRORS = {
-    400: {"description": "Not valid JSON, or the task is not an embedding task (the message names its route)."},
-    401: {"description": "No bearer token."},
-    403: {"description": "Wrong bearer token."},
-    404: {"description": "No such task."},
-    409: {"description": "The stored subnetwork belongs to another backbone."},
-    422: {"description": "Invalid request or a limit exceeded."},
-    503: {"description": "The store or the engine is unavailable."},
-}
-
-router = APIRouter(prefix="/v1", tags=["embeddings"], dependencies=[ApiAccess], responses=ERRORS)
+router = APIRouter(
+    prefix="/v1", tags=["embeddings"], dependencies=[ApiAccess], responses=inference_errors("an embedding")
+)
 
 
 async def _embed(engine: EngineDep, settings: SettingsDep, task: str, inputs: str | list[str]) -> Prediction:
