@@ -152,7 +152,8 @@ def test_uploads_through_one_replica_are_served_by_every_replica_with_single_ser
             v2.status_code == 200
             and v2.json()["outputs"] == single_client.post("/v2/models/five/infer", json=infer).json()["outputs"]
         )
-        assert ray_client.post("/v2/models/absent/infer", json=infer).json() == {"error": "task not found: absent"}
+        absent = "/v2/models/absent/infer"
+        assert ray_client.post(absent, json=infer).json() == single_client.post(absent, json=infer).json()
         assert ray_client.post("/v1/predict", json={"task": "news"}).status_code == 422
 
 
@@ -168,13 +169,11 @@ def test_an_overwrite_is_served_at_once_by_affinity_and_reaches_every_replica_wi
         # Routed as news@2: whichever replica gets it stages version 2 first, without waiting for pub/sub.
         assert predict(client, "news", TEXTS[1]).json()["version"] == 2
 
-        started = time.monotonic()
         until(
             lambda: {a["version"] for a in answers_by_replica(client, "news", TEXTS[1]).values()} == {2},
             PROPAGATION_S,
             "version 2 on both replicas",
         )
-        assert time.monotonic() - started < PROPAGATION_S
 
 
 def replica_actor_names() -> set[str]:
