@@ -43,8 +43,8 @@ def deploy(settings: Settings, scale: ScaleOut) -> DeploymentHandle:
 
 def serve_until_stopped(settings: Settings, scale: ScaleOut, address: str | None) -> None:
     """``ken serve --ray``: deploy, wait for Ctrl-C (or SIGTERM), then take the application down."""
-    signal.signal(signal.SIGTERM, _interrupt)
-    connect(address)
+    started_here = connect(address)
+    signal.signal(signal.SIGTERM, _interrupt)  # after ray.init, which installs a handler of its own
     try:
         deploy(settings, scale)
         logger.info(
@@ -54,7 +54,8 @@ def serve_until_stopped(settings: Settings, scale: ScaleOut, address: str | None
     except KeyboardInterrupt:
         pass
     finally:
-        serve.delete(APP_NAME)
+        if not started_here:  # a cluster of our own goes down with ray.shutdown (its GCS may be gone already)
+            serve.delete(APP_NAME)
         ray.shutdown()
 
 
