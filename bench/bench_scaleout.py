@@ -246,7 +246,7 @@ def main() -> None:
     import redis
     from ray import serve
 
-    from service.deploy.cluster import deploy
+    from service.deploy.cluster import deploy, start_local
     from service.deploy.ray_app import APP_NAME, ScaleOut
     from service.settings import Settings
 
@@ -259,7 +259,7 @@ def main() -> None:
         device="cuda" if args.gpus_per_replica else "cpu",
     )  # fmt: skip
     url = f"http://127.0.0.1:{args.port}"
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    start_local(num_cpus=args.cpus, log_to_driver=False)
     try:
         for replicas in args.replicas:
             log(f"deploying {replicas} replica(s)")

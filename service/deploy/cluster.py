@@ -6,6 +6,7 @@ import logging
 import signal
 import threading
 from types import FrameType
+from typing import Any
 
 import ray
 from ray import serve
@@ -31,8 +32,25 @@ def connect(address: str | None, *, num_cpus: int | None = None) -> bool:
         return False
     except ConnectionError:
         logger.info("no Ray cluster is running here: starting a local one", extra={"num_cpus": num_cpus})
-        ray.init(num_cpus=num_cpus, include_dashboard=False)
+        start_local(num_cpus=num_cpus)
         return True
+
+
+def start_local(*, num_cpus: int | None, attempts: int = 3, **options: Any) -> None:
+    """``ray.init`` of a new local cluster, tried again when its raylet misses Ray's 30 s to register.
+
+    A loaded machine can miss it (seen with a 1-minute load average of 18 on 2 cores); the half-started
+    processes are shut down before the next try.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, **options)
+            return
+        except Exception as exc:  # Ray raises a bare Exception for this
+            ray.shutdown()
+            if "timed out during startup" not in str(exc) or attempt == attempts:
+                raise
+            logger.warning("the local Ray cluster did not start in time; trying again", extra={"attempt": attempt})
 
 
 def deploy(settings: Settings, scale: ScaleOut) -> DeploymentHandle:

@@ -18,7 +18,7 @@ import pytest
 import ray
 from ray import serve
 
-from service.deploy.cluster import deploy
+from service.deploy.cluster import deploy, start_local
 from service.deploy.ray_app import REPLICA_DEPLOYMENT, REPLICA_GONE, REPLICA_HEADER, ScaleOut
 from service.deploy.routing import PLAIN_ROUTING, ROUTING_HEADER
 from service.settings import Settings
@@ -62,7 +62,7 @@ def ray_service(tiny_bert: TinyPair, service_redis: RedisServer) -> Iterator[Ray
         max_wait_ms=1.0,
         log_level="WARNING",
     )
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    start_local(num_cpus=2, log_to_driver=False)
     try:
         deploy(settings, ScaleOut(replicas=2, cpus_per_replica=0.5, max_models_per_replica=4))
         yield RayService(f"http://127.0.0.1:{settings.port}", settings)
