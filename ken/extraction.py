@@ -25,7 +25,14 @@ from ken.errors import KenError
 from ken.pooling import Pooling, read_pooling
 from ken.selection import kept_mask_rows
 from ken.subnetwork import SparseRows, Subnetwork, SubnetworkInfo
-from ken.taskmodel import FEATURE_EXTRACTION, PAIR_SCORING, SEQUENCE_CLASSIFICATION, TASK_TYPES, TOKEN_CLASSIFICATION
+from ken.taskmodel import (
+    FEATURE_EXTRACTION,
+    PAIR_SCORING,
+    SEQUENCE_CLASSIFICATION,
+    TASK_TYPES,
+    TEXT_GENERATION,
+    TOKEN_CLASSIFICATION,
+)
 
 METHODS = ("ken", "random", "magnitude")
 #: Name patterns offered by name; ``attention`` is the paper's attention-only variant.
@@ -175,13 +182,16 @@ def is_cross_encoder(config: dict[str, Any], folder: Path | None) -> bool:
 def infer_task_type(config: dict[str, Any], folder: Path | None = None) -> str:
     """The task type a fine-tuned checkpoint was trained for, from its architecture.
 
-    ``*ForTokenClassification``: token classification; ``*ForSequenceClassification``: pair scoring
-    when sentence-transformers saved it as a cross-encoder, else sequence classification; a bare
+    ``*ForTokenClassification``: token classification; ``*ForCausalLM`` / ``*LMHeadModel``: text
+    generation; ``*ForSequenceClassification``: pair scoring when sentence-transformers saved it as a
+    cross-encoder, else sequence classification; a bare
     ``*Model`` (what ``AutoModel`` and sentence-transformers save): feature extraction.
     """
     for arch in config.get("architectures") or []:
         if arch.endswith("ForTokenClassification"):
             return TOKEN_CLASSIFICATION
+        if arch.endswith(("ForCausalLM", "LMHeadModel")):
+            return TEXT_GENERATION
         if arch.endswith("ForSequenceClassification"):
             return PAIR_SCORING if is_cross_encoder(config, folder) else SEQUENCE_CLASSIFICATION
         if arch.endswith("Model"):

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from transformers import (
+    AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
     PretrainedConfig,
@@ -32,12 +33,15 @@ TOKEN_CLASSIFICATION = "token-classification"
 PAIR_SCORING = "pair-scoring"
 #: One pooled vector per input (a sentence embedding); the task has no head.
 FEATURE_EXTRACTION = "feature-extraction"
-TASK_TYPES = (SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, PAIR_SCORING, FEATURE_EXTRACTION)
+#: Text continued token by token (a causal LM; the output layer is usually tied to the embeddings).
+TEXT_GENERATION = "text-generation"
+TASK_TYPES = (SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, PAIR_SCORING, FEATURE_EXTRACTION, TEXT_GENERATION)
 
 AUTO_CLASSES = {
     SEQUENCE_CLASSIFICATION: AutoModelForSequenceClassification,
     TOKEN_CLASSIFICATION: AutoModelForTokenClassification,
     PAIR_SCORING: AutoModelForSequenceClassification,
+    TEXT_GENERATION: AutoModelForCausalLM,
 }
 
 #: Fields that shape the network; a subnetwork made for another shape is refused by name.
@@ -87,9 +91,10 @@ def _same_value(a: Any, b: Any) -> bool:
 def task_labels(info: SubnetworkInfo) -> list[str]:
     """The task's label names by class index: the config's ``id2label``, else the metadata's.
 
-    Keys must be the class indices ``0 .. n-1`` without gaps, values strings. An embedding task has none.
+    Keys must be the class indices ``0 .. n-1`` without gaps, values strings. An embedding or a
+    text-generation task has none.
     """
-    if info.task_type == FEATURE_EXTRACTION:
+    if info.task_type in (FEATURE_EXTRACTION, TEXT_GENERATION):
         return []
     raw = info.config.get("id2label", info.id2label)
     if not isinstance(raw, dict):
@@ -182,9 +187,16 @@ def attach_head(backbone: PreTrainedModel, info: SubnetworkInfo, head: dict[str,
     prefix = model.base_model_prefix
     if not hasattr(model, prefix):
         raise KenError(f"{type(model).__name__} has no base model attribute {prefix!r}")
-    expected = {name: tuple(t.shape) for name, t in model.state_dict().items() if not name.startswith(f"{prefix}.")}
+    base_parameters = {id(p) for p in getattr(model, prefix).parameters()}  # tied output layers included
+    expected = {
+        name: tuple(t.shape)
+        for name, t in model.state_dict(keep_vars=True).items()
+        if not name.startswith(f"{prefix}.") and id(t) not in base_parameters
+    }
     check_head_tensors(head, expected, prefix, backbone_names=set(backbone.state_dict()))
     setattr(model, prefix, backbone)
+    if getattr(model.config, "tie_word_embeddings", False):
+        model.tie_weights()  # an output layer tied to the input embeddings is the backbone's, delta included
     tensors = {name: t.to(device=parameter.device, dtype=parameter.dtype, copy=True) for name, t in head.items()}
     model.load_state_dict(tensors, strict=False, assign=True)
     unset = [name for name, t in model.state_dict().items() if t.is_meta]

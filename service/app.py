@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 import service
-from service.api import embeddings, predict, rerank, subnetworks, system, tokens, v2
+from service.api import completions, embeddings, predict, rerank, subnetworks, system, tokens, v2
 from service.api.error_handlers import install_error_handlers
 from service.body_limit import BodyLimitMiddleware
 from service.catalog import SubnetworkCatalog
@@ -74,6 +74,7 @@ def create_app(settings: Settings) -> FastAPI:
         embeddings.router,
         tokens.router,
         rerank.router,
+        completions.router,
         system.router,
         v2.health_router,
         v2.router,

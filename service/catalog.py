@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 
 import ken
 from ken.fileformat import check_magnitudes
-from ken.taskmodel import FEATURE_EXTRACTION, PAIR_SCORING, task_labels, task_pooling
+from ken.taskmodel import FEATURE_EXTRACTION, PAIR_SCORING, TEXT_GENERATION, task_labels, task_pooling
 from service.engine import InferenceEngine
 from service.errors import BackboneMismatch, InvalidSubnetwork
 from service.store import StoredManifest, SubnetworkStore, TaskNotFound
@@ -90,8 +90,8 @@ def check_task_shape(info: ken.SubnetworkInfo, labels: list[str]) -> None:
     task_type = info.task_type
     if task_type not in SERVED_TASK_TYPES:
         raise InvalidSubnetwork(f"task type {task_type!r} is not served; supported: {', '.join(SERVED_TASK_TYPES)}")
-    if task_type == FEATURE_EXTRACTION:
-        return  # no labels; the head must be empty (checked when the task model is built)
+    if task_type in (FEATURE_EXTRACTION, TEXT_GENERATION):
+        return  # no labels; an embedding task's head must be empty (checked when the task model is built)
     if not labels:
         raise InvalidSubnetwork("the subnetwork's task has no labels")
     if task_type == PAIR_SCORING and len(labels) != 1:

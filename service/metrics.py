@@ -56,6 +56,15 @@ class ServiceMetrics:
         self.forward_time = Histogram(
             "ken_forward_seconds", "Time of a batch's forward pass.", buckets=LATENCY_BUCKETS, registry=registry
         )
+        self.decode_step_time = Histogram(
+            "ken_decode_step_seconds",
+            "Time of one decode step of a batch of sequences (one task) being generated.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.generated_tokens = Counter(
+            "ken_generated_tokens", "Tokens generated per task.", ["task"], registry=registry
+        )
         self.swaps = Counter("ken_swaps", "Deltas applied to the backbone, per task.", ["task"], registry=registry)
         self.swap_time = Histogram(
             "ken_swap_seconds",

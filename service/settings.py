@@ -69,6 +69,7 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=16 * MiB, ge=1, description="Any other request body (JSON).")
     max_inputs_per_request: int = Field(default=64, ge=1)
     max_input_chars: int = Field(default=20_000, ge=1)
+    max_completion_tokens: int = Field(default=256, ge=1, description="Largest max_tokens a completion may ask for.")
 
     # Scheduling and caching
     scheduling: SchedulingMode = SchedulingMode.BATCHED

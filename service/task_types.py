@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from ken.taskmodel import FEATURE_EXTRACTION, PAIR_SCORING, SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION
+from ken.taskmodel import (
+    FEATURE_EXTRACTION,
+    PAIR_SCORING,
+    SEQUENCE_CLASSIFICATION,
+    TEXT_GENERATION,
+    TOKEN_CLASSIFICATION,
+)
 from service.errors import WrongTaskType
 
 #: Every task type the service serves, with the routes that answer it.
@@ -18,6 +24,7 @@ ROUTES: dict[str, str] = {
     FEATURE_EXTRACTION: "POST /v1/embed, POST /v1/embeddings or POST /v2/models/{task}/infer",
     TOKEN_CLASSIFICATION: "POST /v1/token-classification",
     PAIR_SCORING: "POST /v1/rerank",
+    TEXT_GENERATION: "POST /v1/completions",
 }
 SERVED_TASK_TYPES = tuple(ROUTES)
 

@@ -18,7 +18,9 @@ from transformers import (
     BertTokenizerFast,
     GPT2Config,
     GPT2ForSequenceClassification,
+    GPT2LMHeadModel,
     GPT2Model,
+    PreTrainedTokenizerFast,
 )
 
 from ken.pooling import Pooling, write_sentence_transformers_files
@@ -143,3 +145,44 @@ def make_bert_task(base_dir: Path, out_dir: Path, task_type: str, *, seed: int =
     if task_type == "feature-extraction":
         write_sentence_transformers_files(out_dir, Pooling(mode="mean", normalize=True), config.hidden_size)
     return out_dir
+
+
+def make_gpt2_lm_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on the tiny word list (GPT-2 style; <|endoftext|> is id 0)."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    corpus = [" ".join(WORDS[i : i + 8]) for i in range(0, len(WORDS), 4)]
+    bpe.train_from_iterator(corpus, vocab_size=320, min_frequency=1, special_tokens=["<|endoftext|>"])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|endoftext|>", model_max_length=64
+    )
+
+
+def make_gpt2_lm_pair(root: Path, *, seed: int = 0, finetunes: int = 2) -> tuple[Path, list[Path]]:
+    """A tiny GPT-2 backbone with a tokenizer, and ``finetunes`` causal-LM fine-tunes of it (tied output layer)."""
+    torch.manual_seed(seed)
+    base_dir = root / "base"
+    tokenizer = make_gpt2_lm_tokenizer()
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=64,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    base = GPT2Model(config).eval()
+    base.save_pretrained(base_dir)
+    tokenizer.save_pretrained(base_dir)
+    folders = []
+    for index in range(finetunes):
+        folder = root / f"lm-{index}"
+        finetuned = GPT2LMHeadModel(config)
+        finetuned.transformer.load_state_dict(base.state_dict())
+        perturb(finetuned, seed + 1 + index, scale=0.5)  # large enough that the tasks generate different text
+        finetuned.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        folders.append(folder)
+    return base_dir, folders

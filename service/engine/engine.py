@@ -6,27 +6,30 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
 
 import ken
+from ken.generation import DecodeState
 from ken.pooling import Pooling
 from ken.taskmodel import (
     FEATURE_EXTRACTION,
     PAIR_SCORING,
     SEQUENCE_CLASSIFICATION,
+    TEXT_GENERATION,
     TOKEN_CLASSIFICATION,
     task_pooling,
 )
 from service.engine.backbone import ResidentBackbone
 from service.engine.encoding import EncodedTexts, TextEncoder
+from service.engine.generation import CompletionRequest, CompletionUsage, TextDelta, generate, prompt_tokens
 from service.engine.integrity import IntegrityMonitor
 from service.engine.owner import BackboneOwner
 from service.engine.resolver import TaskResolver
-from service.engine.scheduler import TaskQueues, WorkItem
+from service.engine.scheduler import DecodeItem, TaskQueues, WorkItem
 from service.engine.staged import StagedTask
 from service.errors import EngineStopped, InvalidInput
 from service.metrics import ServiceMetrics
@@ -70,6 +73,16 @@ class Prediction:
         vectors = torch.stack(self.outputs)
         wanted = self.pooling.normalize if normalize is None else normalize
         return torch.nn.functional.normalize(vectors, p=2, dim=1) if wanted else vectors
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A generation under way: its task version, token counts so far and the text as it comes."""
+
+    task: str
+    version: int
+    usage: CompletionUsage
+    deltas: AsyncIterator[TextDelta]
 
 
 @dataclass(frozen=True)
@@ -215,6 +228,37 @@ class InferenceEngine:
         """
         self._resolver.expect(task, version)
         return (await self._resolver.resolve(task)).version
+
+    async def start_completion(self, task: str, request: CompletionRequest) -> Completion:
+        """Check the task and the prompt (errors raise here, before any text is sent), then generate lazily."""
+        staged = await self._resolver.resolve(task)
+        check_task_type(task, staged.info.task_type, (TEXT_GENERATION,))
+        tokenizer = self.backbone.tokenizer
+        ids = prompt_tokens(tokenizer, request.prompt, request.max_tokens, self.backbone.max_length)
+        usage = CompletionUsage(prompt_tokens=len(ids))
+        deltas = generate(staged, tokenizer, ids, request, self._decode_step, usage)
+        return Completion(task, staged.version, usage, self._counted(task, deltas))
+
+    async def _decode_step(self, staged: StagedTask, state: DecodeState) -> torch.Tensor:
+        if self.integrity.status.failure is not None:
+            raise EngineStopped(f"the backbone failed its integrity check: {self.integrity.status.failure}")
+        item = DecodeItem(staged, state)
+        self._queues.submit(item)
+        logits = await asyncio.wrap_future(item.future)
+        self._metrics.generated_tokens.labels(staged.task).inc()
+        return logits
+
+    async def _counted(self, task: str, deltas: AsyncIterator[TextDelta]) -> AsyncIterator[TextDelta]:
+        """``deltas``, with the request counted once it ends (ok, or error when a step failed)."""
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            async for delta in deltas:
+                yield delta
+            outcome = "ok"
+        finally:
+            self._metrics.inference_requests.labels(task, outcome).inc()
+            self._metrics.inference_latency.observe(time.perf_counter() - started)
 
     async def verify_integrity(self) -> IntegrityReport:
         """Checksum the weights on the owner thread, after reverting any applied delta."""

@@ -12,7 +12,7 @@ from ken.taskmodel import task_outputs
 from service.engine.backbone import ResidentBackbone
 from service.engine.encoding import TextEncoder
 from service.engine.integrity import IntegrityMonitor
-from service.engine.scheduler import Batch, ControlJob, TaskQueues
+from service.engine.scheduler import Batch, ControlJob, DecodeItem, TaskQueues
 from service.engine.staged import StagedTask
 from service.errors import NonFiniteOutput
 from service.metrics import ServiceMetrics
@@ -103,7 +103,10 @@ class BackboneOwner:
         self._metrics.queued_requests.set(self._queues.pending_requests)
         try:
             self._switch_to(staged)
-            outputs = self._forward(staged, batch)
+            if isinstance(batch.items[0], DecodeItem):
+                outputs = self._decode(staged, batch)
+            else:
+                outputs = self._forward(staged, batch)
             if not self._keep_applied:
                 self._restore()
         except Exception as exc:
@@ -123,7 +126,7 @@ class BackboneOwner:
             rows = slice(offset, offset + item.size)
             offset += item.size
             if all(finite[rows]):
-                item.future.set_result(outputs[rows])
+                item.future.set_result(outputs[rows.start] if isinstance(item, DecodeItem) else outputs[rows])
                 continue
             self._metrics.nonfinite_outputs.labels(staged.task).inc()
             logger.error("non-finite scores", extra={"task": staged.task, "version": staged.version})
@@ -171,6 +174,21 @@ class BackboneOwner:
         self._metrics.forward_time.observe(time.perf_counter() - started)
         self._metrics.batch_size.observe(batch.inputs)
         return outputs
+
+    @staticmethod
+    def _split(logits: torch.Tensor, batch: Batch) -> list[torch.Tensor]:
+        """Each request's rows of the batch's logits."""
+        sizes = [item.size for item in batch.items]
+        return list(logits.split(sizes))
+
+    def _decode(self, staged: StagedTask, batch: Batch) -> list[torch.Tensor]:
+        """One step of every sequence in the batch, each against its own KV cache, under one apply."""
+        assert staged.model is not None
+        started = time.perf_counter()
+        results = [item.state.step(staged.model) for item in batch.items if isinstance(item, DecodeItem)]
+        self._metrics.decode_step_time.observe(time.perf_counter() - started)
+        self._metrics.batch_size.observe(batch.inputs)
+        return results
 
     def _synchronize(self) -> None:
         if self._backbone.device.type == "cuda":

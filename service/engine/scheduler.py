@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from ken.generation import DecodeState
 from service.engine.encoding import EncodedTexts
 from service.engine.staged import StagedTask
 from service.errors import EngineStopped
@@ -45,10 +46,27 @@ class WorkItem:
         return len(self.encoded)
 
 
+@dataclass(eq=False)
+class DecodeItem:
+    """One decode step of one sequence being generated: the owner steps it with its task applied."""
+
+    staged: StagedTask
+    state: DecodeState
+    future: Future[torch.Tensor] = field(default_factory=Future)
+    enqueued_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def size(self) -> int:
+        return 1
+
+
+QueueItem = WorkItem | DecodeItem
+
+
 @dataclass(frozen=True)
 class Batch:
     staged: StagedTask
-    items: list[WorkItem]
+    items: list[QueueItem]
 
     @property
     def inputs(self) -> int:
@@ -100,7 +118,7 @@ class TaskQueues:
         self._max_wait_s = max_wait_s
         self._max_consecutive = max_consecutive
         self._one_request_per_batch = one_request_per_batch
-        self._queues: dict[StagedTask, deque[WorkItem]] = {}
+        self._queues: dict[StagedTask, deque[QueueItem]] = {}
         self._control: deque[ControlJob] = deque()
         self._condition = threading.Condition()
         self._closed = False
@@ -112,7 +130,7 @@ class TaskQueues:
         with self._condition:
             return sum(len(queue) for queue in self._queues.values())
 
-    def submit(self, item: WorkItem) -> None:
+    def submit(self, item: QueueItem) -> None:
         with self._condition:
             if self._closed:
                 raise EngineStopped("the inference engine is not running")
@@ -173,7 +191,7 @@ class TaskQueues:
         """Whether a batch of ``inputs`` inputs must stop before a request of ``next_size`` (the first always fits)."""
         return inputs > 0 and (self._one_request_per_batch or inputs + next_size > self._max_batch_inputs)
 
-    def _waiting(self, queue: deque[WorkItem]) -> Waiting:
+    def _waiting(self, queue: deque[QueueItem]) -> Waiting:
         inputs = 0
         for item in queue:
             if self._full(inputs, item.size):
@@ -181,8 +199,8 @@ class TaskQueues:
             inputs += item.size
         return Waiting(queue[0].enqueued_at, inputs)
 
-    def _take(self, task: StagedTask, queue: deque[WorkItem]) -> Batch:
-        items: list[WorkItem] = []
+    def _take(self, task: StagedTask, queue: deque[QueueItem]) -> Batch:
+        items: list[QueueItem] = []
         inputs = 0
         while queue and not self._full(inputs, queue[0].size):
             item = queue.popleft()
