@@ -40,7 +40,10 @@ def lm(tmp_path_factory: pytest.TempPathFactory) -> LmSetup:
         tasks[f"writer-{index}"] = ken.save_bytes(sub)
         out = ken.materialize(base, sub, root / f"materialized-{index}")
         references[f"writer-{index}"] = AutoModelForCausalLM.from_pretrained(out).eval()
-    classifier = GPT2ForSequenceClassification.from_pretrained(finetunes[0], num_labels=2, pad_token_id=0)
+    labels = {0: "sport", 1: "business"}
+    classifier = GPT2ForSequenceClassification.from_pretrained(
+        finetunes[0], id2label=labels, label2id={v: k for k, v in labels.items()}, pad_token_id=0
+    )
     perturb(classifier, 9)
     classifier.save_pretrained(root / "classifier")
     tasks["topic"] = ken.save_bytes(ken.extract(base, root / "classifier", k=8, progress=False))
