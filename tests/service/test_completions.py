@@ -200,7 +200,7 @@ def swaps(server: ServiceThread, task: str) -> float:
 @pytest.mark.parametrize(
     ("body", "status", "message"),
     [
-        ({"model": "topic", "prompt": PROMPT}, 422, "use POST /v1/predict"),
+        ({"model": "topic", "prompt": PROMPT}, 400, "use POST /v1/predict"),
         ({"model": "writer-0", "prompt": PROMPT, "max_tokens": 61}, 422, "at most 60"),
         ({"model": "writer-0", "prompt": PROMPT, "max_tokens": 60, "stop": list("abcde")}, 422, "at most 4 stop"),
         ({"model": "writer-0", "prompt": "the " * 30, "max_tokens": 40}, 422, "context length"),
@@ -225,7 +225,7 @@ def test_predict_on_a_generation_task_names_the_completions_route(server: Servic
         )
         topic = client.post("/v1/predict", json={"task": "topic", "inputs": ["the team won"]})
         listed = {m["task"]: m for m in client.get("/v1/subnetworks").json()["subnetworks"]}
-    assert v1.status_code == 422 and "use POST /v1/completions" in v1.json()["detail"]
-    assert v2.status_code == 422 and "use POST /v1/completions" in v2.json()["error"]
+    assert v1.status_code == 400 and "use POST /v1/completions" in v1.json()["detail"]
+    assert v2.status_code == 400 and "use POST /v1/completions" in v2.json()["error"]
     assert topic.status_code == 200  # classification on the same GPT-2 backbone still works
     assert listed["writer-0"]["task_type"] == "text-generation" and listed["writer-0"]["labels"] == []
