@@ -81,3 +81,19 @@ def test_errors_exit_with_usage_code_and_a_message(
         main(["extract", "--base", "a", "--finetuned", "b", "--k", "0", "--output", "c"])
     assert exit_info.value.code == EXIT_USAGE
     assert "must be >= 1" in capsys.readouterr().err
+
+
+def test_extract_records_the_task_type_inferred_or_given(
+    tiny_bert: TinyPair, tiny_bert_kinds: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    for kind, folder in tiny_bert_kinds.items():
+        file = tmp_path / f"{kind}.safetensors"
+        assert _extract(TinyPair(tiny_bert.base, folder), file) == EXIT_OK
+        assert f"({kind})" in capsys.readouterr().out
+        assert ken.load_file(file).info.task_type == kind
+    forced = tmp_path / "forced.safetensors"
+    assert _extract(tiny_bert, forced, "--task-type", "pair-scoring") == EXIT_OK
+    assert ken.load_file(forced).info.task_type == "pair-scoring"
+    with pytest.raises(SystemExit):  # argparse refuses a type it does not know, naming the choices
+        _extract(tiny_bert, forced, "--task-type", "generation")
+    assert "invalid choice: 'generation'" in capsys.readouterr().err
