@@ -10,7 +10,9 @@ from typing import Any
 import httpx
 
 from service.api.body import OCTET_STREAM
+from service.api.rerank_schemas import Rank
 from service.api.schemas import PredictResponse, SubnetworkList, SubnetworkManifest
+from service.api.tokens_schemas import TokenClassificationResponse
 
 
 class KenServiceError(Exception):
@@ -54,6 +56,24 @@ class KenClient:
     ) -> PredictResponse:
         body = {"task": task, "inputs": list(inputs), "top_k": top_k, "return_logits": return_logits}
         return PredictResponse.model_validate(self._json(self._http.post("/v1/predict", json=body)))
+
+    def embed(self, task: str, inputs: Sequence[str], *, normalize: bool | None = None) -> list[list[float]]:
+        """One vector per input (``normalize`` None: as the task's pooling says)."""
+        body = {"task": task, "inputs": list(inputs), "normalize": normalize}
+        return self._json(self._http.post("/v1/embed", json=body))
+
+    def classify_tokens(
+        self, task: str, inputs: Sequence[str], *, aggregation_strategy: str = "simple"
+    ) -> TokenClassificationResponse:
+        body = {"task": task, "inputs": list(inputs), "aggregation_strategy": aggregation_strategy}
+        return TokenClassificationResponse.model_validate(
+            self._json(self._http.post("/v1/token-classification", json=body))
+        )
+
+    def rerank(self, task: str, query: str, texts: Sequence[str], *, raw_scores: bool = False) -> list[Rank]:
+        """The texts' indices and scores, best first."""
+        body = {"task": task, "query": query, "texts": list(texts), "raw_scores": raw_scores}
+        return [Rank.model_validate(rank) for rank in self._json(self._http.post("/v1/rerank", json=body))]
 
     def close(self) -> None:
         self._http.close()

@@ -13,6 +13,7 @@ from sentence_transformers import SentenceTransformer
 from transformers import AutoTokenizer
 
 import ken
+from service.client import KenClient
 from service.settings import Settings
 from tests.service.conftest import MAX_LENGTH, OCTET, TaskFiles
 from tests.service.servers import ServiceThread
@@ -154,3 +155,9 @@ def test_an_embedding_upload_with_a_head_is_refused(service: ServiceThread, embe
         response = client.put("/v1/subnetworks/emb-head", content=blob, headers=OCTET)
         assert response.status_code == 400 and "has no head" in response.json()["detail"]
         assert client.get("/v1/subnetworks/emb-head").status_code == 404
+
+
+def test_the_python_client_embeds(service: ServiceThread) -> None:
+    with service.client() as http, KenClient(service.url) as client:
+        expected = http.post("/v1/embed", json={"task": "emb", "inputs": TEXTS, "normalize": False}).json()
+        assert client.embed("emb", TEXTS, normalize=False) == expected

@@ -11,6 +11,7 @@ from sentence_transformers import CrossEncoder
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import ken
+from service.client import KenClient, KenServiceError
 from service.settings import Settings
 from tests.service.conftest import MAX_LENGTH, OCTET, TaskFiles
 from tests.service.servers import ServiceThread
@@ -98,3 +99,12 @@ def test_wrong_routes_limits_and_upload_validation(
         metrics = client.get("/metrics").text
     assert 'ken_inference_inputs_total{task="rank"} 2.0' in metrics
     assert 'ken_inference_requests_total{outcome="ok",task="rank"} 1.0' in metrics
+
+
+def test_the_python_client_reranks(service: ServiceThread) -> None:
+    with service.client() as http, KenClient(service.url) as client:
+        expected = http.post("/v1/rerank", json={"task": "rank", "query": QUERY, "texts": TEXTS}).json()
+        assert [rank.model_dump(exclude_none=True) for rank in client.rerank("rank", QUERY, TEXTS)] == expected
+        with pytest.raises(KenServiceError) as refused:
+            client.rerank("news", QUERY, TEXTS)
+    assert refused.value.status_code == 400 and "POST /v1/predict" in refused.value.message

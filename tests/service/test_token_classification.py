@@ -9,6 +9,7 @@ import pytest
 from transformers import AutoModelForTokenClassification, AutoTokenizer, Pipeline, pipeline
 
 import ken
+from service.client import KenClient
 from service.settings import Settings
 from tests.service.conftest import MAX_LENGTH, OCTET, TaskFiles
 from tests.service.servers import ServiceThread
@@ -112,3 +113,11 @@ def test_ignore_labels_and_the_wrong_route(service: ServiceThread, reference: Pi
         metrics = client.get("/metrics").text
     assert 'ken_inference_inputs_total{task="ner"} 3.0' in metrics
     assert 'ken_inference_requests_total{outcome="error",task="ner"} 2.0' in metrics
+
+
+def test_the_python_client_tags_tokens(service: ServiceThread) -> None:
+    with service.client() as http, KenClient(service.url) as client:
+        body = {"task": "ner", "inputs": TEXTS[:2], "aggregation_strategy": "none"}
+        expected = http.post("/v1/token-classification", json=body).json()
+        answer = client.classify_tokens("ner", TEXTS[:2], aggregation_strategy="none")
+        assert answer.model_dump(exclude_none=True) == expected
