@@ -12,7 +12,7 @@ from service.engine import InferenceEngine
 from service.errors import BackboneMismatch, InvalidSubnetwork
 from service.store import StoredManifest, SubnetworkStore, TaskNotFound
 from service.store.base import sha256_hex
-from service.task_types import ROUTES, SERVED_TASK_TYPES
+from service.task_types import SERVED_TASK_TYPES
 
 __all__ = ["SERVED_TASK_TYPES", "SubnetworkCatalog", "describe"]
 
@@ -28,7 +28,6 @@ def describe(subnetwork: ken.Subnetwork) -> dict[str, Any]:
         "head_entries": subnetwork.head_entries,
         "labels": task_labels(info),
         "backbone_fingerprint": info.backbone_fingerprint,
-        "routes": ROUTES[info.task_type],
         **({"pooling": task_pooling(info).to_dict()} if info.task_type == FEATURE_EXTRACTION else {}),
     }
 

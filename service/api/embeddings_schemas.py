@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
+from service.api.schemas import StrictBody
 from service.store import validate_task
 from service.store.base import TASK_NAME_RE
 
 
-class EmbedRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class EmbedRequest(StrictBody):
     task: str = Field(description=f"An embedding (feature-extraction) task, matching {TASK_NAME_RE.pattern}.")
     inputs: str | list[str] = Field(description="A text or a list of texts.")
     normalize: bool | None = Field(
@@ -25,9 +24,7 @@ class EmbedRequest(BaseModel):
         return validate_task(task)
 
 
-class OpenAIEmbeddingsRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class OpenAIEmbeddingsRequest(StrictBody):
     model: str = Field(description="The embedding task's name.")
     input: str | list[str] = Field(description="A text or a list of texts (token arrays are not accepted).")
     encoding_format: Literal["float", "base64"] = Field(

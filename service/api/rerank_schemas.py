@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
+from service.api.schemas import StrictBody
 from service.store import validate_task
 from service.store.base import TASK_NAME_RE
 
 
-class RerankRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class RerankRequest(StrictBody):
     task: str = Field(description=f"A pair-scoring (cross-encoder) task, matching {TASK_NAME_RE.pattern}.")
     query: str
     texts: list[str] = Field(min_length=1, description="Texts to rank against the query.")

@@ -51,6 +51,7 @@ class SubnetworkManifest(BaseModel):
     task_type: str
     kept_entries: int
     labels: list[str]
+    pooling: dict[str, Any] | None = Field(default=None, description="Embedding tasks: how token states are pooled.")
     bytes: int
     sha256: str
     created: datetime
@@ -66,6 +67,7 @@ class SubnetworkManifest(BaseModel):
             task_type=info["task_type"],
             kept_entries=info["kept_entries"],
             labels=info["labels"],
+            pooling=info.get("pooling"),
             bytes=manifest.size,
             sha256=manifest.sha256,
             created=manifest.created,

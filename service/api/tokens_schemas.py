@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
+from service.api.schemas import StrictBody
 from service.store import validate_task
 from service.store.base import TASK_NAME_RE
 
 
-class TokenClassificationRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class TokenClassificationRequest(StrictBody):
     task: str = Field(description=f"A token-classification task, matching {TASK_NAME_RE.pattern}.")
     inputs: list[str] = Field(min_length=1, description="Texts to tag.")
     aggregation_strategy: Literal["simple", "none"] = Field(

@@ -64,6 +64,7 @@ def test_embed_equals_the_materialised_sentence_transformer(service: ServiceThre
     with service.client() as client:
         manifest = client.get("/v1/subnetworks/emb").json()
         assert manifest["task_type"] == "feature-extraction" and manifest["labels"] == []
+        assert manifest["pooling"] == {"mode": "mean", "normalize": True, "max_seq_length": None}
         for text in TEXTS:  # one input per request: no padding, as sentence-transformers encodes one text
             response = client.post("/v1/embed", json={"task": "emb", "inputs": text})
             assert response.status_code == 200, response.text

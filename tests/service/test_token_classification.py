@@ -109,6 +109,8 @@ def test_ignore_labels_and_the_wrong_route(service: ServiceThread, reference: Pi
             "/v1/token-classification", json={"task": "ner", "inputs": ["a"], "aggregation_strategy": "max"}
         )
         assert bad.status_code == 422
+        misspelt = client.post("/v1/token-classification", json={"task": "ner", "inputs": ["a"], "ignore_label": []})
+        assert misspelt.status_code == 422 and "did you mean 'ignore_labels'" in misspelt.text
         client.post("/v1/token-classification", json={"task": "ner", "inputs": ["goal", "bank"]})
         metrics = client.get("/metrics").text
     assert 'ken_inference_inputs_total{task="ner"} 3.0' in metrics
