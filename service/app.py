@@ -11,9 +11,12 @@ from fastapi import FastAPI
 
 import service
 from service.api import completions, embeddings, predict, rerank, subnetworks, system, tokens, v2
+from service.api.console import install_console
+from service.api.docs import install_docs
 from service.api.error_handlers import install_error_handlers
 from service.body_limit import BodyLimitMiddleware
 from service.catalog import SubnetworkCatalog
+from service.console_viz import VizCache
 from service.deps import Services
 from service.engine import InferenceEngine, load_backbone
 from service.http_metrics import HttpMetricsMiddleware
@@ -49,6 +52,7 @@ def create_app(settings: Settings) -> FastAPI:
             if settings.preload_dir is not None:
                 await preload_directory(settings.preload_dir, catalog, store)
             app.state.services = Services(store=store, engine=engine, catalog=catalog)
+            app.state.viz = VizCache(store)
             logger.info("service ready", extra={"host": settings.host, "port": settings.port})
             yield
         finally:
@@ -61,10 +65,12 @@ def create_app(settings: Settings) -> FastAPI:
         version=service.__version__,
         summary="Many fine-tuned tasks served from one resident backbone by swapping KEN subnetworks in place.",
         lifespan=lifespan,
-        docs_url="/docs" if docs else None,
-        redoc_url="/redoc" if docs else None,
+        docs_url=None,  # FastAPI's pages load their assets from a CDN: install_docs serves them from here
+        redoc_url=None,
         openapi_url="/openapi.json" if docs else None,
     )
+    if docs:
+        install_docs(app, openapi_url="/openapi.json")
     app.state.settings = settings
     app.state.metrics = metrics
     install_error_handlers(app)
@@ -80,6 +86,7 @@ def create_app(settings: Settings) -> FastAPI:
         v2.router,
     ):
         app.include_router(router)
+    install_console(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes, exempt=is_upload)
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)  # added last: outermost, so it sees every answer
     return app
