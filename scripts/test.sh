@@ -14,6 +14,17 @@ if ! command -v redis-server >/dev/null 2>&1; then
     exit 2
   fi
 fi
+# The console's browser test uses Debian's chromium and its chromedriver (nothing is downloaded at run time);
+# without them (not root, no apt) that test is skipped and says why.
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "test: installing chromium and chromium-driver (Debian packages) for the browser test"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null \
+      || echo "test: could not install chromium; the browser test will be skipped" >&2
+  else
+    echo "test: no /usr/bin/chromium or /usr/bin/chromedriver; the browser test will be skipped" >&2
+  fi
+fi
 ruff check .
 ruff format --check .
 python -m pytest "$@"
