@@ -1,4 +1,4 @@
-"""The KEN selection rule, vectorised across rows (see docs/selection.md and KEN_ALGORITHM.md).
+"""The KEN selection rule, vectorised across rows (the rule itself: docs/selection.md, "The rule").
 
 Per row: a Gaussian KDE (Silverman bandwidth) is evaluated on ``k`` evenly spaced grid points;
 the grid points, visited by rounded density (highest first), each claim the nearest unclaimed

@@ -1,4 +1,4 @@
-"""A slow, obviously-correct, per-row implementation of the KEN rule (KEN_ALGORITHM.md), step by step."""
+"""A slow, obviously-correct, per-row implementation of the KEN rule, step by step (docs/selection.md, "The rule")."""
 
 from __future__ import annotations
 
