@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numba
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -128,16 +130,14 @@ def extract(
             continue
         ft_rows = _as_rows(ft_state[ft_name].detach())
         base_rows = _as_rows(base_state[base_name].detach().to(ft_rows.dtype))
-        changed = (ft_rows != base_rows).any(dim=1).nonzero().flatten()
-        work.append(_Work(base_name, ft_rows, base_rows, changed))
+        work.append(_Work(base_name, ft_rows, base_rows, changed_rows(ft_rows, base_rows)))
 
     masks = _run_selection(work, k, method, seed, progress)
     deltas: dict[str, SparseRows] = {}
     selected: dict[str, int] = {}
     for item in work:
         shape = tuple(base_state[item.name].shape)
-        deltas[item.name] = _to_sparse(item, masks.get(item.name), shape)
-        selected[item.name] = int(masks[item.name].sum()) if item.name in masks else 0
+        deltas[item.name], selected[item.name] = _to_sparse(item, masks.get(item.name), shape)
 
     head = {name: ft_state[name].detach().cpu().clone() for name in alignment.head}
     task_type = task_type or infer_task_type(config, _folder(finetuned))
@@ -239,24 +239,91 @@ def _run_selection(work: list[_Work], k: int, method: str, seed: int, progress: 
     return masks
 
 
-def _to_sparse(item: _Work, mask: torch.Tensor | None, shape: tuple[int, ...]) -> SparseRows:
+def _host_values(tensor: torch.Tensor) -> np.ndarray:
+    """A host NumPy view (or exact float32 copy, for 16-bit floats) of a floating tensor."""
+    tensor = tensor.detach().cpu()
+    if tensor.dtype not in (torch.float32, torch.float64):
+        tensor = tensor.to(torch.float32)  # exact for float16/bfloat16: equality is preserved
+    return tensor.numpy()
+
+
+@numba.njit(cache=True, parallel=True)
+def _changed(finetuned: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """Per row, whether any fine-tuned value differs from the pretrained one."""
+    out = np.zeros(finetuned.shape[0], dtype=np.bool_)
+    for r in numba.prange(finetuned.shape[0]):
+        for c in range(finetuned.shape[1]):
+            if finetuned[r, c] != base[r, c]:
+                out[r] = True
+                break
+    return out
+
+
+def changed_rows(finetuned: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    """Ids (int64) of the rows of ``[rows, cols]`` ``finetuned`` that differ from ``base``."""
+    ids = np.flatnonzero(_changed(_host_values(finetuned), _host_values(base)))
+    return torch.from_numpy(ids).to(finetuned.device)
+
+
+@numba.njit(cache=True, parallel=True)
+def _count_stored(
+    finetuned: np.ndarray, base: np.ndarray, rows: np.ndarray, mask: np.ndarray, counts: np.ndarray
+) -> int:
+    """``counts[rows[i]]``: entries of row ``rows[i]`` kept by ``mask[i]`` that differ from the
+    base (the ones stored); returns how many entries ``mask`` keeps in all."""
+    kept = 0
+    for i in numba.prange(rows.shape[0]):
+        r = rows[i]
+        stored = 0
+        selected = 0
+        for c in range(finetuned.shape[1]):
+            if mask[i, c]:
+                selected += 1
+                if finetuned[r, c] != base[r, c]:
+                    stored += 1
+        counts[r] = stored
+        kept += selected
+    return kept
+
+
+@numba.njit(cache=True, parallel=True)
+def _fill_stored(
+    finetuned: np.ndarray,
+    base: np.ndarray,
+    rows: np.ndarray,
+    mask: np.ndarray,
+    indptr: np.ndarray,
+    columns: np.ndarray,
+    positions: np.ndarray,
+) -> None:
+    """Column and flat position of every stored entry, row by row (``indptr`` from the counts)."""
+    cols = finetuned.shape[1]
+    for i in numba.prange(rows.shape[0]):
+        r = rows[i]
+        out = indptr[r]
+        for c in range(cols):
+            if mask[i, c] and finetuned[r, c] != base[r, c]:
+                columns[out] = c
+                positions[out] = r * cols + c
+                out += 1
+
+
+def _to_sparse(item: _Work, mask: torch.Tensor | None, shape: tuple[int, ...]) -> tuple[SparseRows, int]:
+    """The stored entries of ``item`` (kept by ``mask`` and changed), and how many ``mask`` keeps."""
     rows, cols = item.finetuned.shape
     index_dtype = torch.uint16 if cols <= 65_536 else torch.int32
-    if mask is None or not mask.any():
-        return SparseRows(
-            shape,
-            torch.zeros(rows + 1, dtype=torch.int64),
-            torch.zeros(0, dtype=index_dtype),
-            torch.zeros(0, dtype=item.finetuned.dtype),
-        )
-    changed_ft = item.finetuned.index_select(0, item.changed_rows)
-    changed_base = item.base.index_select(0, item.changed_rows)
-    store = mask & (changed_ft != changed_base)
-    local_row, col = store.nonzero(as_tuple=True)
-    values = changed_ft[local_row, col].clone()
-    counts = torch.zeros(rows, dtype=torch.int64, device=store.device)
-    counts.index_add_(0, item.changed_rows, store.sum(dim=1))
-    indptr = torch.zeros(rows + 1, dtype=torch.int64)
-    torch.cumsum(counts.cpu(), dim=0, out=indptr[1:])
+    counts = np.zeros(rows, dtype=np.int64)
+    selected = 0
+    if mask is not None:
+        finetuned, base = _host_values(item.finetuned), _host_values(item.base)
+        changed, kept = item.changed_rows.cpu().numpy(), mask.cpu().numpy()
+        selected = int(_count_stored(finetuned, base, changed, kept, counts))
+    indptr = np.zeros(rows + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    columns = np.empty(int(indptr[-1]), dtype=np.int32)
+    positions = np.empty(int(indptr[-1]), dtype=np.int64)
+    if columns.size:
+        _fill_stored(finetuned, base, changed, kept, indptr, columns, positions)
     # a subnetwork lives in host memory whatever device the selection ran on
-    return SparseRows(shape, indptr, col.to(torch.int32).cpu().to(index_dtype), values.cpu())
+    values = item.finetuned.detach().reshape(-1).cpu().take(torch.from_numpy(positions))
+    return SparseRows(shape, torch.from_numpy(indptr), torch.from_numpy(columns).to(index_dtype), values), selected

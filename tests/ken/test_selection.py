@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import ken
-from ken import selection
+from ken import selection_torch
 from tests.ken.reference_selection import reference_kept, reference_kept_row
 
 finite = st.floats(min_value=-1e3, max_value=1e3, allow_nan=False, allow_infinity=False, width=32)
@@ -83,13 +83,38 @@ def test_rejects_non_finite_and_integer_input() -> None:
         ken.kept_mask(torch.arange(5), 2)
 
 
-def test_chunking_gives_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows_and_k())
+def test_torch_path_matches_reference(case: tuple[np.ndarray, int]) -> None:
+    """The vectorised torch implementation (the accelerator path) runs here on CPU tensors."""
+    row, k = case
+    if k >= len(row):
+        return  # kept_mask answers k >= n itself, before choosing an implementation
+    mask = selection_torch.kept_mask_rows(torch.from_numpy(row)[None, :], k)[0]
+    np.testing.assert_array_equal(mask.numpy(), reference_kept_row(row, k))
+
+
+def test_torch_path_chunking_gives_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
     gen = torch.Generator().manual_seed(2)
     matrix = torch.randn(37, 64, generator=gen)
-    whole = ken.kept_mask(matrix, 9)
-    monkeypatch.setattr(selection, "CLAIM_CHUNK_ELEMENTS", 64 * 5)
-    monkeypatch.setattr(selection, "DENSITY_CHUNK_ELEMENTS", 64 * 9 * 2)
-    assert torch.equal(ken.kept_mask(matrix, 9), whole)
+    whole = selection_torch.kept_mask_rows(matrix, 9)
+    np.testing.assert_array_equal(whole.numpy(), reference_kept(matrix.numpy(), 9))
+    monkeypatch.setattr(selection_torch, "CLAIM_CHUNK_ELEMENTS", 64 * 5)
+    monkeypatch.setattr(selection_torch, "DENSITY_CHUNK_ELEMENTS", 64 * 9 * 2)
+    assert torch.equal(selection_torch.kept_mask_rows(matrix, 9), whole)
+
+
+def test_float64_rows_use_their_own_values() -> None:
+    gen = torch.Generator().manual_seed(4)
+    matrix = torch.randn(5, 40, generator=gen, dtype=torch.float64) * 0.03
+    matrix[:, 1] = matrix[:, 0] + 1e-12  # equal in float32, distinct in float64
+    np.testing.assert_array_equal(ken.kept_mask(matrix, 6).numpy(), reference_kept(matrix.numpy(), 6))
+
+
+def test_non_contiguous_rows() -> None:
+    gen = torch.Generator().manual_seed(5)
+    matrix = torch.randn(30, 12, generator=gen).t()  # [12, 30], a transposed view
+    np.testing.assert_array_equal(ken.kept_mask(matrix, 7).numpy(), reference_kept(matrix.numpy(), 7))
 
 
 @pytest.mark.slow
