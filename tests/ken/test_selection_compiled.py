@@ -1,4 +1,5 @@
-"""The compiled CPU kernels: the windowed fast density, its error bound and the exact re-check."""
+"""The compiled CPU kernels: the binned and the windowed fast densities, their error bounds and
+the exact re-check."""
 
 from __future__ import annotations
 
@@ -13,13 +14,14 @@ from ken.selection_bandwidth import bandwidth
 from tests.ken.reference_selection import reference_bandwidth, reference_density, reference_kept, reference_kept_row
 
 
-def kept(matrix: np.ndarray, k: int, **bounds: float) -> tuple[np.ndarray, int]:
-    """The compiled kernels' mask of a float32 matrix, and how many grid points were re-checked."""
+def kept(matrix: np.ndarray, k: int, **bounds: float) -> tuple[np.ndarray, np.ndarray]:
+    """The compiled kernels' mask of a float32 matrix, and how many grid points were decided by
+    the binned moments, the windowed sum and the re-check."""
     mask = np.empty(matrix.shape, dtype=np.bool_)
-    rechecked = selection_compiled.kept_rows(
+    tally = selection_compiled.kept_rows(
         matrix.astype(np.float64), bandwidth(matrix.astype(np.float32)), k, mask, **bounds
     )
-    return mask, rechecked
+    return mask, tally
 
 
 def grid_of(row: np.ndarray, k: int) -> np.ndarray:
@@ -69,11 +71,11 @@ def test_recheck_of_every_grid_point_matches_reference(case: tuple[np.ndarray, i
     """An error bound this loose sends every level that has values in its window (the row's
     minimum always has) through the reference-arithmetic re-check."""
     row, k = case
-    mask, rechecked = kept(row[None, :], k, relative_error=1e30)
+    mask, tally = kept(row[None, :], k, relative_error=1e30, binned=False)
     np.testing.assert_array_equal(mask[0], reference_kept_row(row, k))
     h = reference_bandwidth(row)
     if k < len(row) and h > 0 and np.isfinite(h):
-        assert rechecked >= 1
+        assert tally[2] >= 1
 
 
 @pytest.mark.parametrize("window_exponent", [0.05, 0.5, 2.0, 12.0])
@@ -82,10 +84,11 @@ def test_any_window_gives_the_reference_selection(window_exponent: float) -> Non
     the levels it makes uncertain (a bound that forgot them would select differently here)."""
     gen = np.random.default_rng(7)
     matrix = (gen.standard_t(2, size=(24, 48)) * 0.05).astype(np.float32)  # heavy tails
-    mask, rechecked = kept(matrix, 12, window_exponent=window_exponent)
-    np.testing.assert_array_equal(mask, reference_kept(matrix, 12))
-    if window_exponent < 1:
-        assert rechecked > 0
+    for binned in (False, True):
+        mask, tally = kept(matrix, 12, window_exponent=window_exponent, binned=binned)
+        np.testing.assert_array_equal(mask, reference_kept(matrix, 12))
+        if window_exponent < 1 and not binned:
+            assert tally[2] > 0
 
 
 def test_narrow_window_without_recheck_would_be_wrong() -> None:
@@ -98,9 +101,10 @@ def test_narrow_window_without_recheck_would_be_wrong() -> None:
     grid = grid_of(matrix[0], 12)
     levels = np.empty(12)
     terms = np.empty(48)
-    rechecked = selection_compiled.row_levels(x, np.sort(x), grid, h, 0.05, 0.0, levels, terms)
+    tally = np.zeros(3, dtype=np.int64)
+    selection_compiled.row_levels(x, np.sort(x), grid, h, 0.05, 0.0, False, levels, terms, tally)
     np.testing.assert_array_equal(levels, np.round(reference_density(x, grid, h)))
-    assert rechecked > 0
+    assert tally[2] > 0
     reach = h * np.sqrt(0.1)
     inside = np.abs(grid[:, None] - x[None, :]) <= reach
     truncated = np.exp(-0.5 * ((grid[:, None] - x[None, :]) / h) ** 2) * inside
@@ -133,9 +137,10 @@ def near_half_integer_row(seed: int) -> tuple[np.ndarray, int, float]:
 def test_densities_at_a_half_integer_are_rechecked(seed: int) -> None:
     row, k, closeness = near_half_integer_row(seed)
     assert closeness < selection_compiled.FAST_RELATIVE_ERROR
-    mask, rechecked = kept(row[None, :], k)
-    assert rechecked >= 1
-    np.testing.assert_array_equal(mask[0], reference_kept_row(row, k))
+    for binned in (False, True):
+        mask, tally = kept(row[None, :], k, binned=binned)
+        assert tally[2] >= 1
+        np.testing.assert_array_equal(mask[0], reference_kept_row(row, k))
 
 
 def test_pairwise_sum_is_numpy_sum_bit_for_bit() -> None:
@@ -155,12 +160,40 @@ def test_grid_is_numpy_linspace_bit_for_bit(k: int) -> None:
         np.testing.assert_array_equal(out, np.linspace(low, high, k))
 
 
-def test_rows_run_in_parallel_and_match_row_by_row() -> None:
+@pytest.mark.parametrize("binned", [False, True])
+def test_rows_run_in_parallel_and_match_row_by_row(binned: bool) -> None:
     gen = np.random.default_rng(9)
     matrix = (gen.standard_normal((64, 96)) * 0.04).astype(np.float32)
     matrix[::7, :40] = matrix[::7, :1]  # rows with many duplicates
-    mask, _ = kept(matrix, 25)
+    mask, tally = kept(matrix, 25, binned=binned)
     np.testing.assert_array_equal(mask, reference_kept(matrix, 25))
+    assert (tally[0] > tally[1]) == binned  # the binned moments decide most levels when used
+
+
+@pytest.mark.parametrize("tails", ["normal", "t3", "uniform", "duplicates"])
+def test_binned_densities_are_within_their_bound(tails: str) -> None:
+    """The binned densities' error bound holds against the reference density and is tight
+    enough to decide levels."""
+    gen = np.random.default_rng(11)
+    for _ in range(20):
+        n, k = int(gen.integers(50, 800)), int(gen.integers(20, 120))
+        if tails == "normal":
+            row = gen.standard_normal(n)
+        elif tails == "t3":
+            row = gen.standard_t(3, n)
+        elif tails == "uniform":
+            row = gen.random(n)
+        else:
+            row = gen.integers(-20, 20, n) * 0.1
+        row = (row * 10.0 ** gen.integers(-3, 2)).astype(np.float32)
+        x = row.astype(np.float64)
+        h = reference_bandwidth(row)
+        grid = grid_of(row, k)
+        density, bound = np.empty(k), np.empty(k)
+        if selection_compiled._binned_densities(np.sort(x), grid, h, 12.0, density, bound):
+            error = np.abs(density - reference_density(x, grid, h))
+            assert (error <= bound).all()
+            assert bound.max() <= selection_compiled.MAX_BINNED_BOUND * 1.01
 
 
 def test_recheck_density_is_the_reference_density_bit_for_bit() -> None:
