@@ -150,7 +150,8 @@ def _binned_densities(
     if k < 2:
         return False
     step = (grid[k - 1] - grid[0]) / (k - 1)
-    if 0.5 * step / h > MAX_BIN_HALF_WIDTH:
+    # step = 0: equal values whose float32 std still rounds above 0 (no bins to speak of)
+    if step == 0.0 or 0.5 * step / h > MAX_BIN_HALF_WIDTH:
         return False
     scale = 1.0 / (n * h * _SQRT_2PI)
     moments = np.zeros((4, k))  # reversed: column k - 1 - b holds bin b

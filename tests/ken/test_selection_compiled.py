@@ -170,6 +170,15 @@ def test_rows_run_in_parallel_and_match_row_by_row(binned: bool) -> None:
     assert (tally[0] > tally[1]) == binned  # the binned moments decide most levels when used
 
 
+def test_equal_values_with_a_nonzero_float32_std() -> None:
+    """Six equal values whose float32 mean rounds off, so h > 0 while the grid has zero width."""
+    row = np.full(6, 1.07120109, dtype=np.float32)
+    assert reference_bandwidth(row) > 0
+    for binned in (False, True):
+        mask, _ = kept(row[None, :], 2, binned=binned)
+        np.testing.assert_array_equal(mask[0], reference_kept_row(row, 2))
+
+
 @pytest.mark.parametrize("tails", ["normal", "t3", "uniform", "duplicates"])
 def test_binned_densities_are_within_their_bound(tails: str) -> None:
     """The binned densities' error bound holds against the reference density and is tight
