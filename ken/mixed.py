@@ -111,6 +111,17 @@ class MixedForward:
     def supports(self, plan: DeltaPlan) -> bool:
         return self.unsupported_reason(plan) is None
 
+    def scratch_work(self, plan: DeltaPlan) -> tuple[int, int]:
+        """What a pass costs per task beyond the dense forward: (elements copied into scratch tensors, entries
+        written there). Embedding tables are not copied; their rows are assembled for the ids present."""
+        elements = entries = 0
+        for name, (start, end) in self.tensors_changed(plan).items():
+            module, _ = self._owners[name]
+            if not isinstance(module, nn.Embedding):
+                elements += self._flat.layout[name].numel
+                entries += end - start
+        return elements, entries
+
     def logits(self, groups: Sequence[MixedGroup], inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """One forward pass over ``inputs`` (rows ordered as ``groups``); each group's logits as its model gives them.
 

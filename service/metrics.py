@@ -74,6 +74,13 @@ class ServiceMetrics:
             buckets=SWAP_BUCKETS,
             registry=registry,
         )
+        self.mixed_batches = Counter(
+            "ken_mixed_batches",
+            "Batches of several tasks' requests (KEN_MIXED_BATCHES): run as one mixed pass (outcome=mixed), or task "
+            "by task because the pass could not mix them (outcome=fallback).",
+            ["outcome"],
+            registry=registry,
+        )
         self.failed_batches = Counter("ken_failed_batches", "Batches that raised.", ["task"], registry=registry)
         self.nonfinite_outputs = Counter(
             "ken_nonfinite_outputs",

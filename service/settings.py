@@ -28,6 +28,17 @@ class SchedulingMode(str, Enum):
     SWAP_PER_REQUEST = "swap-per-request"
 
 
+class MixedMode(str, Enum):
+    """Whether the owner may serve several tasks' queued requests in one mixed forward pass (ken.mixed)."""
+
+    #: Never: one batch per task, a swap before each.
+    OFF = "off"
+    #: When the cost model measured at start-up says a mixed pass is cheaper than swapping (service/engine/mixed.py).
+    AUTO = "auto"
+    #: Whenever two or more tasks are queued and their plans allow it (for tests and benchmarks).
+    ALWAYS = "always"
+
+
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -80,6 +91,12 @@ class Settings(BaseSettings):
         ge=1,
         description="Batches that may go to other tasks ahead of the longest-waiting request before its task gets "
         "its turn.",
+    )
+    mixed_batches: MixedMode = Field(
+        default=MixedMode.OFF,
+        description="Serve several tasks' requests in one forward pass on the pristine weights instead of one batch "
+        "per task with a swap before each: off, auto (when the cost model measured at start-up says it is cheaper), "
+        "always.",
     )
     device_cache_bytes: int = Field(default=512 * MiB, ge=0, description="Prepared deltas and heads on the device.")
     keep_originals: bool = Field(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import time
@@ -27,13 +28,14 @@ from service.engine.backbone import ResidentBackbone
 from service.engine.encoding import EncodedTexts, TextEncoder
 from service.engine.generation import CompletionRequest, CompletionUsage, TextDelta, generate, prompt_tokens
 from service.engine.integrity import IntegrityMonitor
+from service.engine.mixed import CostModel, MixedBatchPolicy, calibrate, calibration_models
 from service.engine.owner import BackboneOwner
 from service.engine.resolver import TaskResolver
 from service.engine.scheduler import DecodeItem, TaskQueues, WorkItem
 from service.engine.staged import StagedTask
 from service.errors import EngineStopped, InvalidInput
 from service.metrics import ServiceMetrics
-from service.settings import SchedulingMode, Settings
+from service.settings import MixedMode, SchedulingMode, Settings
 from service.store import SubnetworkStore, TaskNotFound
 from service.task_types import check_task_type
 
@@ -126,11 +128,16 @@ class InferenceEngine:
             host_budget=host_cache_budget(settings, backbone.device),
         )
         swap_per_request = settings.scheduling is SchedulingMode.SWAP_PER_REQUEST
+        self._mixed_policy: MixedBatchPolicy | None = None
+        if settings.mixed_batches is not MixedMode.OFF and not swap_per_request:
+            mixed = ken.MixedForward(backbone.model, backbone.flat)
+            self._mixed_policy = MixedBatchPolicy(mixed, always=settings.mixed_batches is MixedMode.ALWAYS)
         self._queues = TaskQueues(
             max_batch_inputs=settings.max_batch_size,
             max_wait_s=settings.max_wait_ms / 1000,
             max_consecutive=settings.max_consecutive_batches,
             one_request_per_batch=swap_per_request,
+            mixed_policy=self._mixed_policy,
         )
         self._owner = BackboneOwner(
             backbone,
@@ -139,6 +146,7 @@ class InferenceEngine:
             metrics,
             max_batch_inputs=settings.max_batch_size,
             keep_applied=not swap_per_request,
+            mixed=self._mixed_policy.mixed if self._mixed_policy is not None else None,
         )
         store.subscribe(self._resolver.invalidate)
         # Built now, while the backbone is pristine: the reference digests of the periodic check.
@@ -150,9 +158,20 @@ class InferenceEngine:
     def running(self) -> bool:
         return self._owner.alive
 
+    @property
+    def mixed_cost_model(self) -> CostModel | None:
+        """The rates measured at start-up with ``KEN_MIXED_BATCHES=auto`` (None before that, or in other modes)."""
+        return self._mixed_policy.cost_model if self._mixed_policy is not None else None
+
     def start(self) -> None:
-        """Start the owner thread and, when called on an event loop, the periodic integrity checks."""
+        """Start the owner thread and, when called on an event loop, the periodic integrity checks.
+
+        With ``KEN_MIXED_BATCHES=auto`` the owner's first job measures the mixed-batch cost model."""
         self._owner.start()
+        if self._mixed_policy is not None and not self._mixed_policy.always:
+            self._queues.submit_control(lambda: self._owner.on_pristine(self._calibrate)).add_done_callback(
+                _log_failure
+            )
         if self._integrity_interval > 0:
             try:
                 loop = asyncio.get_running_loop()
@@ -293,7 +312,26 @@ class InferenceEngine:
         """Keep a subnetwork just uploaded through this instance in the host tier."""
         self._resolver.offer(task, version, subnetwork)
 
+    def _calibrate(self) -> None:
+        """Owner thread, pristine weights: measure the cost model; until then (or if this fails) batches swap."""
+        policy = self._mixed_policy
+        assert policy is not None
+        device = self.backbone.device
+        token = self._encoder.pad_token_id + 1
+
+        def inputs(count: int, length: int) -> dict[str, torch.Tensor]:
+            ids = torch.full((count, min(length, self.backbone.max_length)), token, dtype=torch.long, device=device)
+            return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+        models = calibration_models(self.backbone.model)
+        policy.cost_model = calibrate(self.backbone.swapper, policy.mixed, models, inputs)
+
     async def _on_owner(self, function: Callable[[], T]) -> T:
         if not self.running:
             raise EngineStopped("the inference engine is not running")
         return await asyncio.wrap_future(self._queues.submit_control(function))
+
+
+def _log_failure(future: concurrent.futures.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        logger.error("measuring the mixed-batch cost model failed: batches swap", exc_info=future.exception())

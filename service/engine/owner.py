@@ -5,18 +5,22 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 
+import ken
 from ken.taskmodel import task_outputs
 from service.engine.backbone import ResidentBackbone
 from service.engine.encoding import TextEncoder
 from service.engine.integrity import IntegrityMonitor
-from service.engine.scheduler import Batch, ControlJob, DecodeItem, TaskQueues
+from service.engine.scheduler import Batch, ControlJob, DecodeItem, MixedBatch, TaskQueues
 from service.engine.staged import StagedTask
 from service.errors import NonFiniteOutput
 from service.metrics import ServiceMetrics
 
+T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 
@@ -26,7 +30,8 @@ class BackboneOwner:
     In batched mode the delta stays applied after a batch and is reverted only when another task
     (or a control job that needs the pristine weights) comes next, so a run of one task costs one
     swap. In swap-per-request mode every batch (one request) is applied and reverted. A batch that
-    raises is failed alone, after the backbone has been restored.
+    raises is failed alone, after the backbone has been restored. A :class:`MixedBatch` runs as one
+    mixed pass on the pristine weights (:mod:`ken.mixed`), or task by task where that is unsupported.
     """
 
     def __init__(
@@ -38,6 +43,7 @@ class BackboneOwner:
         *,
         max_batch_inputs: int,
         keep_applied: bool,
+        mixed: ken.MixedForward | None = None,
     ) -> None:
         self._backbone = backbone
         self._encoder = encoder
@@ -45,6 +51,7 @@ class BackboneOwner:
         self._metrics = metrics
         self._max_batch_inputs = max_batch_inputs
         self._keep_applied = keep_applied
+        self._mixed = mixed
         self._applied: StagedTask | None = None
         self._thread = threading.Thread(target=self._run, name="ken-backbone-owner", daemon=True)
 
@@ -65,6 +72,11 @@ class BackboneOwner:
         self._restore()
         return self._backbone.checksum()
 
+    def on_pristine(self, function: Callable[[], T]) -> T:
+        """Revert whatever is applied, then run ``function`` (a control job that drives the swapper itself)."""
+        self._restore()
+        return function()
+
     def check_integrity(self, monitor: IntegrityMonitor) -> str | None:
         """One incremental integrity check of the weights as they are now: pristine, or with one delta applied."""
         applied = self._applied
@@ -80,6 +92,8 @@ class BackboneOwner:
                 while (job := self._queues.next_job()) is not None:
                     if isinstance(job, ControlJob):
                         self._run_control(job)
+                    elif isinstance(job, MixedBatch):
+                        self._run_mixed(job)
                     else:
                         self._run_batch(job)
                 self._restore()
@@ -136,6 +150,57 @@ class BackboneOwner:
                     "overflow in the forward pass; upload a corrected subnetwork"
                 )
             )
+
+    def _run_mixed(self, batch: MixedBatch) -> None:
+        """One forward pass for several tasks' requests on the pristine weights; task by task if it cannot mix."""
+        started = time.monotonic()
+        for group in batch.groups:
+            for item in group.items:
+                self._metrics.queue_wait.observe(started - item.enqueued_at)
+        self._metrics.queued_requests.set(self._queues.pending_requests)
+        try:
+            self._restore()  # a mixed pass reads the pristine weights
+            results = self._mixed_forward(batch)
+        except ken.MixedUnsupported as exc:
+            self._metrics.mixed_batches.labels("fallback").inc()
+            logger.info("mixed batch runs task by task instead", extra={"reason": str(exc)})
+            for group in batch.groups:
+                self._run_batch(group)
+            return
+        except Exception as exc:
+            try:
+                self._restore()
+            finally:
+                logger.exception("mixed batch failed", extra={"tasks": [g.staged.task for g in batch.groups]})
+                for group in batch.groups:
+                    self._metrics.failed_batches.labels(group.staged.task).inc()
+                    for item in group.items:
+                        item.future.set_exception(exc)
+            return
+        self._metrics.mixed_batches.labels("mixed").inc()
+        for group, logits in zip(batch.groups, results, strict=True):
+            rows = list(logits.unbind(0))  # per input, as task_outputs gives a sequence classifier's answers
+            offset = 0
+            for item in group.items:
+                item.future.set_result(rows[offset : offset + item.size])
+                offset += item.size
+
+    def _mixed_forward(self, batch: MixedBatch) -> list[torch.Tensor]:
+        if self._mixed is None:
+            raise ken.MixedUnsupported("mixed batches are off")
+        groups = []
+        for group in batch.groups:
+            group.staged.complete_on_owner(self._backbone)
+            assert group.staged.model is not None
+            groups.append(ken.MixedGroup(group.staged.plan, group.staged.model, group.inputs))
+        features = [feature for group in batch.groups for item in group.items for feature in item.encoded.features]
+        started = time.perf_counter()
+        inputs = self._encoder.collate(features)
+        inputs = {name: tensor.to(self._backbone.device) for name, tensor in inputs.items()}
+        results = [logits.float().cpu() for logits in self._mixed.logits(groups, inputs)]
+        self._metrics.forward_time.observe(time.perf_counter() - started)
+        self._metrics.batch_size.observe(batch.inputs)
+        return results
 
     def _switch_to(self, staged: StagedTask) -> None:
         """Make ``staged`` the applied task: an apply from pristine, or one fused pass from another task."""

@@ -28,7 +28,7 @@ def run_engine(
     **settings: object,
 ) -> tuple[T, ServiceMetrics]:  # fmt: skip
     """Run ``body`` against a started engine on the tiny backbone and a directory store."""
-    config = Settings(backbone=tiny_bert.base, max_wait_ms=1.0, **settings)
+    config = Settings(**({"backbone": tiny_bert.base, "max_wait_ms": 1.0} | settings))
     backbone = load_backbone(
         tiny_bert.base,
         name="tiny",
