@@ -17,6 +17,7 @@ says it is cheaper).
 
 from __future__ import annotations
 
+import copy
 import logging
 import statistics
 import time
@@ -30,7 +31,6 @@ from transformers import AutoModelForSequenceClassification
 
 import ken
 from ken.mixed import MixedForward, MixedGroup
-from ken.taskmodel import task_config
 
 if TYPE_CHECKING:
     from service.engine.scheduler import Batch
@@ -157,14 +157,15 @@ def calibrate(
 
 def calibration_models(backbone: nn.Module, count: int = 2) -> list[nn.Module]:
     """Two-label sequence classifiers around ``backbone`` with zero heads: stand-ins for tasks while calibrating."""
-    config = backbone.config.to_dict()
-    info = ken.SubnetworkInfo(
-        backbone_fingerprint="calibration", method="calibration", k=0, id2label={0: "a", 1: "b"}, config=config
-    )
+    config = copy.deepcopy(backbone.config)
+    config.id2label, config.label2id = {0: "a", 1: "b"}, {"a": 0, "b": 1}
     with torch.device("meta"):
-        probe = AutoModelForSequenceClassification.from_config(task_config(info))
+        probe = AutoModelForSequenceClassification.from_config(config)
     prefix = probe.base_model_prefix + "."
     head = {name: torch.zeros(t.shape) for name, t in probe.state_dict().items() if not name.startswith(prefix)}
+    info = ken.SubnetworkInfo(
+        backbone_fingerprint="calibration", method="calibration", k=0, id2label=config.id2label, config=config.to_dict()
+    )
     return [ken.attach_head(backbone, info, head) for _ in range(count)]
 
 
