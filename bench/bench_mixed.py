@@ -70,7 +70,8 @@ def synthetic_subnetwork(
         base = flat.buffer[slot.offset : slot.offset + slot.numel].cpu()
         values = base[positions] + 0.02 * torch.randn(positions.numel(), generator=gen)
         deltas[name] = ken.SparseRows(slot.shape, indptr, columns.reshape(-1).to(torch.uint16), values)
-    labels = {i: str(i) for i in range(5)}
+    labels = {i: f"label-{i}" for i in range(5)}
+    config = {**config, "id2label": labels, "label2id": {v: i for i, v in labels.items()}}
     info = ken.SubnetworkInfo(backbone_fingerprint="synthetic", method="synthetic", k=k, id2label=labels, config=config)
     head = {"classifier.weight": 0.05 * torch.randn(5, config["hidden_size"], generator=gen),
             "classifier.bias": torch.zeros(5)}  # fmt: skip
@@ -87,8 +88,8 @@ def load_tasks(args: argparse.Namespace, device: torch.device):
 
             backbone = ken.load_backbone_model(common.base_dir()).to(device).eval()
             cached = sorted((common.CACHE / "subnetworks").glob("*.safetensors"))
-            if len(cached) >= TASKS:
-                subnetworks = [(path.stem, ken.load_file(path)) for path in cached[:TASKS]]
+            if len(cached) >= args.tasks:
+                subnetworks = [(path.stem, ken.load_file(path)) for path in cached[: args.tasks]]
                 real = True
         except ImportError:
             backbone = None
@@ -98,7 +99,8 @@ def load_tasks(args: argparse.Namespace, device: torch.device):
     if not subnetworks:
         config, ks = backbone.config.to_dict(), (25, 50, 100, 200)
         subnetworks = [
-            (f"synthetic-k{ks[i % 4]}-{i}", synthetic_subnetwork(flat, config, ks[i % 4], 0.3, i)) for i in range(TASKS)
+            (f"synthetic-k{ks[i % 4]}-{i}", synthetic_subnetwork(flat, config, ks[i % 4], 0.3, i))
+            for i in range(args.tasks)
         ]
     return backbone, flat, subnetworks, real
 
@@ -123,6 +125,9 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[4, 16, 32])
     parser.add_argument("--task-counts", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--tasks", type=int, default=TASKS, help="distinct tasks (the largest task count needs as many)"
+    )
     parser.add_argument("--output", type=Path, default=Path(".cache/bench/mixed_results.json"))
     args = parser.parse_args()
     if args.threads:
