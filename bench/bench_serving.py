@@ -14,7 +14,9 @@ table is measured on all three back to back (so slow drifts of this shared machi
   device tier is just short of the 16 deltas);
 - ``naive``: ``ken serve`` with ``KEN_SCHEDULING=swap-per-request`` (apply, forward, revert per request);
 - ``dedicated``: ``bench.dedicated_server``, one full model per task (the 16 subnetworks materialised),
-  all resident, the same batching code and limits, no swaps.
+  all resident, the same batching code and limits, no swaps;
+- ``mixed``: ``ken serve`` like ``batched`` plus ``KEN_MIXED_BATCHES`` (``--mixed-setting``, default
+  ``auto``): requests of several tasks may run as one mixed pass on the pristine weights.
 
 Mixes: identical (1 task), uniform over 4 tasks (the four k=100 subnetworks), uniform over 16,
 skewed (Zipf, s=1, over 16), distinct (round-robin over 16: every request another task). Load:
@@ -38,10 +40,10 @@ from pathlib import Path
 from bench import common
 from bench.common import log
 
-MODES = ("batched", "naive", "dedicated")
+MODES = ("batched", "naive", "dedicated", "mixed")
 MIX_ORDER = ("identical", "uniform-4", "uniform-16", "zipf-16", "distinct-16")
 REQUESTS = {1: 150, 4: 300, 16: 600, 64: 1200}
-PORTS = {"batched": 18101, "naive": 18102, "dedicated": 18103}
+PORTS = {"batched": 18101, "naive": 18102, "dedicated": 18103, "mixed": 18104}
 
 
 def mixes(names: list[str]) -> dict[str, tuple[str, list[str]]]:
@@ -79,6 +81,7 @@ def swap_stats(before: dict, after: dict) -> dict:
     changes = sum(delta("ken_swap_seconds_count", f'op="{op}"') for op in ("apply", "switch"))
     seconds = sum(delta("ken_swap_seconds_sum", f'op="{op}"') for op in ("apply", "switch", "revert"))
     stats["change_ms"] = 1000 * seconds / changes if changes else 0.0
+    stats["mixed_batches"] = delta("ken_mixed_batches_total", 'outcome="mixed"')
     stats["mean_batch"] = delta("ken_batch_size_inputs_sum") / stats["batches"] if stats["batches"] else 0.0
     return stats
 
@@ -108,6 +111,8 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the request counts")
     parser.add_argument("--max-seconds", type=float, default=10.0, help="time limit of each load run")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--mixed-setting", choices=["auto", "always"], default="auto",
+                        help="KEN_MIXED_BATCHES of the mixed server")  # fmt: skip
     parser.add_argument("--mixes", nargs="+", choices=MIX_ORDER, default=list(MIX_ORDER))
     parser.add_argument("--target-repeats", type=int, default=3, help="alternating target runs (0: none)")
     parser.add_argument("--output", type=Path, default=common.CACHE / "serving_results.json")
@@ -141,8 +146,10 @@ def main() -> None:
                 else:
                     command = common.ken_server_command(port, Path(tmp) / mode, preload)
                     # A device cache that holds all 16 tasks (the default 512 MiB is just short of their ~0.5 GB).
-                    env = {"KEN_SCHEDULING": "batched" if mode == "batched" else "swap-per-request",
+                    env = {"KEN_SCHEDULING": "swap-per-request" if mode == "naive" else "batched",
                            "KEN_DEVICE_CACHE_BYTES": str(4 << 30), "KEN_HOST_CACHE_BYTES": str(4 << 30)}  # fmt: skip
+                    if mode == "mixed":
+                        env["KEN_MIXED_BATCHES"] = args.mixed_setting
                 log(f"starting {mode} server on port {port}")
                 urls[mode], _ = stack.enter_context(common.server(command, port, env, name=mode))
                 for name in names:  # one request per task: every delta staged and cached, every head built
@@ -172,6 +179,7 @@ def main() -> None:
         "real_finetunes": real,
         "library_swap_ms": swap_lib_ms,
         "tasks": names,
+        "mixed_setting": args.mixed_setting,
         "mixes": {m: mix_defs[m] for m in args.mixes},
         "seconds": round(time.monotonic() - started),
     }
@@ -251,16 +259,19 @@ def report(results: list[dict], meta: dict, args: argparse.Namespace) -> None:
           f"{meta['load_average_at_end'][0]:.1f} at end; torch threads {meta['torch_threads']}\n")  # fmt: skip
     top = max(args.concurrency)
     print("### Throughput (inputs/s) and latency (ms), one input per request\n")
+    modes = [mode for mode in MODES if mode in args.modes]
     header = ["mix", "clients"]
-    for mode in MODES:
+    for mode in modes:
         header += [f"{mode} inputs/s", "p50", "p95", "p99"]
     header += ["batched / dedicated", "batched swaps/req", "mean batch"]
+    if "mixed" in modes:
+        header += ["mixed / dedicated", "mixed / batched", "mixed: swaps/req", "mixed passes / batch"]
     print("| " + " | ".join(header) + " |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|" + "---:|" * (len(header) - 1))
     for mix in args.mixes:
         for c in args.concurrency:
             row = [mix, str(c)]
-            for mode in MODES:
+            for mode in modes:
                 r = find(results, mode, mix, c)
                 row += [f"{r['inputs_per_s']:.0f}", f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}", f"{r['p99_ms']:.1f}"] \
                     if r else ["–"] * 4  # fmt: skip
@@ -268,6 +279,12 @@ def report(results: list[dict], meta: dict, args: argparse.Namespace) -> None:
             row.append(f"{b['inputs_per_s'] / d['inputs_per_s']:.2f}x" if b and d and d["inputs_per_s"] else "–")
             row.append(f"{b['swaps'] / max(1, b['ok']):.2f}" if b else "–")
             row.append(f"{b['mean_batch']:.1f}" if b else "–")
+            if "mixed" in modes:
+                m = find(results, "mixed", mix, c)
+                row.append(f"{m['inputs_per_s'] / d['inputs_per_s']:.2f}x" if m and d and d["inputs_per_s"] else "–")
+                row.append(f"{m['inputs_per_s'] / b['inputs_per_s']:.2f}x" if m and b and b["inputs_per_s"] else "–")
+                row.append(f"{m['swaps'] / max(1, m['ok']):.2f}" if m else "–")
+                row.append(f"{m['mixed_batches'] / max(1, m['batches']):.2f}" if m else "–")
             print("| " + " | ".join(row) + " |")
     print("\n### Targets (alternating runs on the batched server)\n")
     for line in target_summary(meta.get("targets", []), top):
@@ -295,9 +312,9 @@ def plot(results: list[dict], args: argparse.Namespace) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = {"batched": "tab:blue", "naive": "tab:red", "dedicated": "tab:green"}
+    colours = {"batched": "tab:blue", "naive": "tab:red", "dedicated": "tab:green", "mixed": "tab:purple"}
     labels = {"batched": "ken-serve, task batching", "naive": "ken-serve, swap per request",
-              "dedicated": "dedicated model per task"}  # fmt: skip
+              "dedicated": "dedicated model per task", "mixed": "ken-serve, mixed-task batches"}  # fmt: skip
     figure, axes = plt.subplots(2, len(args.mixes), figsize=(3.3 * len(args.mixes), 6.4), sharex=True, squeeze=False)
     for column, mix in enumerate(args.mixes):
         for mode in args.modes:
@@ -319,7 +336,7 @@ def plot(results: list[dict], args: argparse.Namespace) -> None:
     axes[0][0].set_ylabel("throughput (inputs/s)")
     axes[1][0].set_ylabel("p50 latency (ms, log)")
     handles, legend_labels = axes[0][0].get_legend_handles_labels()
-    figure.legend(handles, legend_labels, loc="lower center", ncol=3, frameon=False)
+    figure.legend(handles, legend_labels, loc="lower center", ncol=len(args.modes), frameon=False)
     figure.suptitle("all-MiniLM-L6-v2 on a 2-core CPU: 16 KEN tasks, closed-loop clients, 1 input per request")
     figure.tight_layout(rect=(0, 0.05, 1, 0.96))
     args.plot.parent.mkdir(parents=True, exist_ok=True)
