@@ -58,12 +58,25 @@ class MixedGroup:
 
 
 @dataclass(frozen=True)
+class _Entries:
+    """A task's entries of one tensor: views into its plan (flat positions in the buffer, values), no copies."""
+
+    positions: torch.Tensor
+    values: torch.Tensor
+    offset: int  # the tensor's first position in the buffer
+
+    def local(self) -> torch.Tensor:
+        """Row-major int64 positions in the tensor (a transient of this tensor's entries only)."""
+        return self.positions.to(torch.int64) - self.offset
+
+
+@dataclass(frozen=True)
 class _Segment:
     """Consecutive rows of the batch that one module computes with the same tensors."""
 
     start: int
     end: int
-    values: dict[str, tuple[torch.Tensor, torch.Tensor]]  # tensor attribute -> (local int64 indices, values)
+    values: dict[str, _Entries]  # by tensor attribute ("weight", "bias")
 
 
 class MixedForward:
@@ -167,14 +180,14 @@ class MixedForward:
     def _backbone_overrides(
         self, groups: list[MixedGroup], bounds: list[tuple[int, int]], batch: int
     ) -> list[tuple[nn.Module, Callable[..., torch.Tensor]]]:
-        per_module: dict[nn.Module, list[dict[str, tuple[torch.Tensor, torch.Tensor]]]] = {}
+        per_module: dict[nn.Module, list[dict[str, _Entries]]] = {}
         for index, group in enumerate(groups):
             plan = group.plan
             for name, (first, last) in self.tensors_changed(plan).items():
                 module, attr = self._owners[name]
                 values = per_module.setdefault(module, [{} for _ in groups])
-                local = plan.positions[first:last].to(torch.int64) - self._flat.layout[name].offset
-                values[index][attr] = (local, plan.values[first:last])
+                offset = self._flat.layout[name].offset
+                values[index][attr] = _Entries(plan.positions[first:last], plan.values[first:last], offset)
         overrides: list[tuple[nn.Module, Callable[..., torch.Tensor]]] = []
         for module, values in per_module.items():
             segments = _segments(bounds, values)
@@ -197,8 +210,8 @@ class MixedForward:
         if scratch is None or scratch.dtype != pristine.dtype or scratch.device != pristine.device:
             scratch = self._scratch[key] = torch.empty_like(pristine)
         scratch.copy_(pristine)
-        local, values = segment.values[attr]
-        scratch.view(-1).put_(local, values)
+        entries = segment.values[attr]
+        scratch.view(-1).put_(entries.local(), entries.values)
         return scratch
 
     def _rowwise_forward(
@@ -242,9 +255,8 @@ class MixedForward:
             out = type(module).forward(module, ids)
             for segment in segments:
                 if "weight" in segment.values:
-                    local, values = segment.values["weight"]
                     rows = ids[segment.start : segment.end]
-                    out[segment.start : segment.end] = _task_rows(module.weight, local, values, rows)
+                    out[segment.start : segment.end] = _task_rows(module.weight, segment.values["weight"], rows)
             return out
 
         return forward
@@ -293,9 +305,7 @@ def _check_rows(module: nn.Module, x: torch.Tensor, batch: int) -> None:
         )
 
 
-def _segments(
-    bounds: list[tuple[int, int]], values: list[dict[str, tuple[torch.Tensor, torch.Tensor]]]
-) -> list[_Segment]:
+def _segments(bounds: list[tuple[int, int]], values: list[dict[str, _Entries]]) -> list[_Segment]:
     """Per group its values, adjacent groups that leave the module alone merged into one pristine segment."""
     segments: list[_Segment] = []
     for (start, end), task_values in zip(bounds, values, strict=True):
@@ -306,19 +316,22 @@ def _segments(
     return segments
 
 
-def _task_rows(table: torch.Tensor, local: torch.Tensor, values: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+def _task_rows(table: torch.Tensor, entries: _Entries, ids: torch.Tensor) -> torch.Tensor:
     """``F.embedding(ids, table with the entries written in)``, building only the rows ``ids`` select.
 
-    ``local`` are the entries' sorted row-major positions in ``table``."""
+    The entries' positions are sorted, so each present row's entries are found by binary search on
+    the plan's own positions: nothing is converted or copied for the rows that are not present."""
     cols = table.shape[1]
     present, inverse = torch.unique(ids, return_inverse=True)
-    first = torch.searchsorted(local, present * cols)
-    counts = torch.searchsorted(local, (present + 1) * cols) - first
+    row_starts = (present * cols + entries.offset).to(entries.positions.dtype)
+    first = torch.searchsorted(entries.positions, row_starts)
+    counts = torch.searchsorted(entries.positions, row_starts + cols) - first
     block = F.embedding(present, table)  # a fresh copy of the rows present
     total = int(counts.sum())
     if total:
         block_rows = torch.repeat_interleave(torch.arange(present.numel(), device=ids.device), counts)
         starts = torch.cumsum(counts, 0) - counts
-        entries = torch.arange(total, device=ids.device) - torch.repeat_interleave(starts - first, counts)
-        block[block_rows, local[entries] - present[block_rows] * cols] = values[entries]
+        chosen = torch.arange(total, device=ids.device) - torch.repeat_interleave(starts - first, counts)
+        columns = entries.positions[chosen].to(torch.int64) - entries.offset - present[block_rows] * cols
+        block[block_rows, columns] = entries.values[chosen]
     return F.embedding(inverse, block)

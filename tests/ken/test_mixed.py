@@ -15,7 +15,7 @@ import torch
 from transformers import AutoTokenizer
 
 import ken
-from ken.mixed import MixedForward, MixedGroup, MixedUnsupported, _task_rows
+from ken.mixed import MixedForward, MixedGroup, MixedUnsupported, _Entries, _task_rows
 from tests.tiny_models import TinyPair
 
 RTOL = ATOL = 1e-5
@@ -149,4 +149,6 @@ def test_embedding_rows_are_assembled_for_the_ids_present_only() -> None:
     dense = table.clone().reshape(-1)
     dense[local] = values
     ids = torch.tensor([[3, 3, 12, 49, 0], [0, 15, 3, 7, 7]])  # repeats, unchanged rows, the first and last rows
-    assert torch.equal(_task_rows(table, local, values, ids), torch.nn.functional.embedding(ids, dense.view(50, 6)))
+    offset = 1000  # the table's place in a flat buffer; positions are int32 there
+    entries = _Entries((local + offset).to(torch.int32), values, offset)
+    assert torch.equal(_task_rows(table, entries, ids), torch.nn.functional.embedding(ids, dense.view(50, 6)))
