@@ -333,5 +333,7 @@ class InferenceEngine:
 
 
 def _log_failure(future: concurrent.futures.Future[None]) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        logger.error("measuring the mixed-batch cost model failed: batches swap", exc_info=future.exception())
+    """Log a failed calibration (not one the engine's stop cancelled before it ran)."""
+    error = None if future.cancelled() else future.exception()
+    if error is not None and not isinstance(error, EngineStopped):
+        logger.error("measuring the mixed-batch cost model failed: batches swap", exc_info=error)
