@@ -169,11 +169,16 @@ def calibration_models(backbone: nn.Module, count: int = 2) -> list[nn.Module]:
     return [ken.attach_head(backbone, info, head) for _ in range(count)]
 
 
+MIXABLE_TASK_TYPE = "sequence-classification"
+
+
 class MixedBatchPolicy:
     """The scheduler's :data:`~service.engine.scheduler.MixedPolicy` for ``KEN_MIXED_BATCHES`` auto or always.
 
-    A candidate mixes only when every plan is supported by :class:`MixedForward` and all tasks are of one
-    type and architecture; then ``always``, or (auto) once the cost model is measured and says mixing is cheaper.
+    A candidate mixes only when all tasks are sequence classifiers (the one task type whose answer is
+    the head's logits as they come; other types post-process the model's outputs) of one architecture
+    and every plan is supported by :class:`MixedForward`; then ``always``, or (auto) once the cost model
+    is measured and says mixing is cheaper.
     """
 
     def __init__(self, mixed: MixedForward, *, always: bool) -> None:
@@ -183,7 +188,9 @@ class MixedBatchPolicy:
 
     def __call__(self, groups: list[Batch], applied: StagedTask | None) -> bool:
         kinds = {(g.staged.info.task_type, g.staged.info.config.get("model_type")) for g in groups}
-        if len(kinds) != 1 or not all(self.mixed.supports(g.staged.plan) for g in groups):
+        if len(kinds) != 1 or next(iter(kinds))[0] != MIXABLE_TASK_TYPE:
+            return False
+        if not all(self.mixed.supports(g.staged.plan) for g in groups):
             return False
         if self.always:
             return True
