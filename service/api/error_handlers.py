@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import difflib
 import email.message
+from typing import Any
 
 from fastapi import FastAPI, Request, status
+from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ken.metadata import json_depth
 from service.errors import (
     AdminDisabled,
     BackboneMismatch,
@@ -138,8 +141,36 @@ async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     return error_response(request, exc.status_code, str(exc.detail), exc.headers)
 
 
+def printable(value: Any) -> Any:
+    """``value`` with every string made encodable as UTF-8 (lone surrogates become ``\\udXXX`` escapes).
+
+    Validation errors echo the offending input; one holding a lone surrogate must still render.
+    """
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {printable(key): printable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [printable(item) for item in value]
+    return value
+
+
+#: A refused input nested deeper than this is not echoed back (encoding it would recurse that deep).
+MAX_ECHOED_DEPTH = 16
+
+
+async def printable_validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = []
+    for error in exc.errors():
+        if "input" in error and json_depth(error["input"]) > MAX_ECHOED_DEPTH:
+            error = {**error, "input": f"(not shown: nested deeper than {MAX_ECHOED_DEPTH} levels)"}
+        errors.append(printable(jsonable_encoder(error)))
+    return await validation_error_handler(request, RequestValidationError(errors, body=None))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     for kind in STATUS_BY_ERROR:
         app.add_exception_handler(kind, domain_error_handler)
-    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(RequestValidationError, printable_validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)

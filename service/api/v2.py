@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request, Response, status
 
 import service
 from ken.taskmodel import FEATURE_EXTRACTION, SEQUENCE_CLASSIFICATION
-from service.api.inputs import check_inputs
+from service.api.inputs import check_inputs, check_unicode, flatten_nested
 from service.api.system import check_readiness
 from service.api.v2_schemas import (
     TEXT_INPUT,
@@ -112,6 +112,8 @@ async def infer(task: TaskName, body: InferenceRequest, engine: EngineDep, setti
     or embedding [N, hidden] (embedding tasks, normalised as the task's pooling says), and truncated."""
     texts = _texts(body)
     check_inputs(texts, settings)
+    if body.id is not None:
+        check_unicode("the request id", body.id)  # echoed in the answer, which must be valid UTF-8
     prediction = await engine.predict(task, texts, accept=OUTPUTS)
     available = OUTPUTS[prediction.task_type]
     wanted = [output.name for output in body.outputs] if body.outputs else DEFAULT_OUTPUTS[prediction.task_type]
@@ -131,22 +133,19 @@ def _texts(body: InferenceRequest) -> list[str]:
     tensor = body.inputs[0]
     if tensor.datatype != "BYTES":
         raise InvalidInput(f"input {TEXT_INPUT!r} must have datatype BYTES, not {tensor.datatype}")
-    texts = _flatten(tensor.data)
+    if len(tensor.shape) not in (1, 2):
+        raise InvalidInput(
+            f"input {TEXT_INPUT!r}: shape {tensor.shape[:4]} has {len(tensor.shape)} dimensions; use [N]"
+        )
+    texts = flatten_nested(tensor.data, len(tensor.shape))
     if not all(isinstance(text, str) for text in texts):
         raise InvalidInput(f"input {TEXT_INPUT!r} must hold strings")
     expected = 1
     for size in tensor.shape:
         expected *= size
-    if len(tensor.shape) not in (1, 2) or (len(tensor.shape) == 2 and tensor.shape[1] != 1) or expected != len(texts):
+    if (len(tensor.shape) == 2 and tensor.shape[1] != 1) or expected != len(texts):
         raise InvalidInput(f"input {TEXT_INPUT!r}: shape {tensor.shape} does not fit {len(texts)} texts; use [N]")
     return texts
-
-
-def _flatten(data: list[Any]) -> list[Any]:
-    flat: list[Any] = []
-    for element in data:
-        flat.extend(_flatten(element) if isinstance(element, list) else [element])
-    return flat
 
 
 def _output_tensors(prediction: Prediction) -> dict[str, ResponseOutput]:
