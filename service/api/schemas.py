@@ -6,10 +6,10 @@ import difflib
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from service.store import StoredManifest, validate_task
+from service.store import CorruptSubnetwork, StoredManifest, validate_task
 from service.store.base import TASK_NAME_RE
 
 
@@ -58,20 +58,28 @@ class SubnetworkManifest(BaseModel):
 
     @classmethod
     def from_stored(cls, manifest: StoredManifest) -> SubnetworkManifest:
+        """CorruptSubnetwork if the stored info lacks a field or has a wrong type (written by something else)."""
         info = manifest.info
-        return cls(
-            task=manifest.task,
-            version=manifest.version,
-            k=info["k"],
-            method=info["method"],
-            task_type=info["task_type"],
-            kept_entries=info["kept_entries"],
-            labels=info["labels"],
-            pooling=info.get("pooling"),
-            bytes=manifest.size,
-            sha256=manifest.sha256,
-            created=manifest.created,
-        )
+        try:
+            return cls(
+                task=manifest.task,
+                version=manifest.version,
+                k=info["k"],
+                method=info["method"],
+                task_type=info["task_type"],
+                kept_entries=info["kept_entries"],
+                labels=info["labels"],
+                pooling=info.get("pooling"),
+                bytes=manifest.size,
+                sha256=manifest.sha256,
+                created=manifest.created,
+            )
+        except KeyError as exc:
+            problem = f"lacks {exc.args[0]!r}"
+        except ValidationError as exc:
+            problem = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False))
+        where = f"task {manifest.task!r} v{manifest.version}"
+        raise CorruptSubnetwork(f"{where}: the manifest's info {problem}; upload the task again to repair it")
 
 
 class SubnetworkList(BaseModel):

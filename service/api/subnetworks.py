@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import APIRouter, Request, Response, status
@@ -9,7 +10,9 @@ from fastapi import APIRouter, Request, Response, status
 from service.api.body import OCTET_STREAM, read_limited_body, require_octet_stream
 from service.api.schemas import SubnetworkList, SubnetworkManifest
 from service.deps import AdminAccess, ApiAccess, CatalogDep, SettingsDep, StoreDep, TaskName
+from service.store import CorruptSubnetwork
 
+logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/subnetworks", tags=["subnetworks"])
 
 _UPLOAD_BODY: dict[str, Any] = {
@@ -60,7 +63,14 @@ async def put_subnetwork(
 
 @router.get("", dependencies=[ApiAccess], responses={code: _ERRORS[code] for code in (401, 403, 503)})
 async def list_subnetworks(store: StoreDep) -> SubnetworkList:
-    return SubnetworkList(subnetworks=[SubnetworkManifest.from_stored(m) for m in await store.list()])
+    """Every stored task; one whose stored manifest is unusable is left out (and logged), not a failed listing."""
+    listed = []
+    for manifest in await store.list():
+        try:
+            listed.append(SubnetworkManifest.from_stored(manifest))
+        except CorruptSubnetwork as exc:
+            logger.warning("listing skips task %r: %s", manifest.task, exc)
+    return SubnetworkList(subnetworks=listed)
 
 
 @router.get("/{task}", dependencies=[ApiAccess], responses={code: _ERRORS[code] for code in (401, 403, 404, 422, 503)})

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request, Response, status
 import service
 from ken.taskmodel import FEATURE_EXTRACTION, SEQUENCE_CLASSIFICATION
 from service.api.inputs import check_inputs, check_unicode, flatten_nested
+from service.api.schemas import SubnetworkManifest
 from service.api.system import check_readiness
 from service.api.v2_schemas import (
     TEXT_INPUT,
@@ -78,13 +79,14 @@ async def server_metadata() -> ServerMetadata:
 @router.get("/models/{task}")
 async def model_metadata(task: TaskName, store: StoreDep, engine: EngineDep) -> ModelMetadata:
     manifest = await store.manifest(task)
-    task_type = manifest.info.get("task_type", SEQUENCE_CLASSIFICATION)
+    stored = SubnetworkManifest.from_stored(manifest)  # CorruptSubnetwork if the info is unusable
+    task_type = stored.task_type
     check_task_type(task, task_type, OUTPUTS)
     if task_type == FEATURE_EXTRACTION:
         dimension = int(engine.backbone.model.config.hidden_size)
         outputs = [TensorMetadata(name="embedding", datatype="FP32", shape=[-1, dimension])]
     else:
-        labels = len(manifest.info["labels"])
+        labels = len(stored.labels)
         outputs = [
             TensorMetadata(name="label", datatype="BYTES", shape=[-1]),
             TensorMetadata(name="score", datatype="FP32", shape=[-1]),

@@ -116,7 +116,7 @@ class StoredManifest:
                 created=datetime.fromisoformat(data["created"]),
                 info=data["info"],
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise CorruptSubnetwork(f"unreadable manifest for task {task!r}: {exc!r}") from exc
         if not isinstance(manifest.info, dict):
             raise CorruptSubnetwork(f"manifest of task {task!r}: info is not a JSON object")

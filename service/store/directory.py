@@ -242,7 +242,7 @@ class DirectorySubnetworkStore:
             raise TaskNotFound(task) from None
         try:
             data = json.loads(raw)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise CorruptSubnetwork(f"manifest of task {task!r} is not JSON: {exc}") from exc
         return StoredManifest.from_json_dict(data, task=task)
 

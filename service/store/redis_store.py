@@ -55,10 +55,11 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.store.base import (
+    TASK_NAME_RE,
     ChangeCallback,
     ChangeNotifier,
     CorruptSubnetwork,
@@ -78,6 +79,10 @@ MAX_CHUNK_SIZE = 256 * 1024 * 1024  # half of Redis' 512 MB string limit
 STAGING_TTL_S = 3600
 # A reader retries this many times when concurrent puts keep replacing the version it reads.
 READ_ATTEMPTS = 5
+#: Chunk keys fetched per round trip when reading a blob.
+CHUNKS_PER_READ = 16
+#: How every error about stored data written by something else ends: the way out.
+REPAIR = "upload the task again to repair it"
 _MIN_BACKOFF_S = 0.1
 
 # KEYS: version counter, manifest hash, task set.
@@ -90,10 +95,20 @@ for i = 0, n - 1 do
     return redis.error_reply('KEN_STAGING_LOST staged chunk ' .. i .. ' vanished before the commit')
   end
 end
-local old = redis.call('HMGET', KEYS[2], 'version', 'chunks')
-local version = redis.call('INCR', KEYS[1])
-if old[1] and version <= tonumber(old[1]) then
-  version = tonumber(old[1]) + 1
+-- Whatever something else wrote here is repaired: a manifest key that is not a hash is replaced,
+-- a version counter that is not an integer (or lags the manifest) restarts above the manifest's.
+local old = redis.pcall('HMGET', KEYS[2], 'version', 'chunks')
+if old.err then
+  redis.call('DEL', KEYS[2])
+  old = {}
+end
+local old_version = tonumber(old[1])
+if old_version and (old_version < 1 or old_version % 1 ~= 0 or old_version >= 2^53) then
+  old_version = nil
+end
+local version = redis.pcall('INCR', KEYS[1])
+if type(version) ~= 'number' or version <= (old_version or 0) then
+  version = (old_version or 0) + 1
   redis.call('SET', KEYS[1], version)
 end
 for i = 0, n - 1 do
@@ -103,9 +118,11 @@ for i = 0, n - 1 do
 end
 redis.call('HSET', KEYS[2], 'version', version, 'chunks', n, 'manifest', ARGV[5])
 redis.call('SADD', KEYS[3], ARGV[1])
-if old[1] then
-  for i = 0, tonumber(old[2]) - 1 do
-    redis.call('UNLINK', ARGV[2] .. old[1] .. ':' .. i)
+if old[1] and old[1] ~= tostring(version) then
+  -- up to the first missing chunk, whatever count the old manifest claims
+  local i = 0
+  while redis.call('UNLINK', ARGV[2] .. old[1] .. ':' .. i) == 1 do
+    i = i + 1
   end
 end
 redis.call('PUBLISH', ARGV[6], cjson.encode({task = ARGV[1], version = version, origin = ARGV[7]}))
@@ -114,14 +131,21 @@ return version
 
 # KEYS: manifest hash, task set. ARGV: task, chunk key prefix of the task, events channel, origin.
 _DELETE_LUA = """
-local old = redis.call('HMGET', KEYS[1], 'version', 'chunks', 'manifest')
-if not old[1] then
+if redis.call('EXISTS', KEYS[1]) == 0 then
   return false
 end
+-- A manifest key that is not a hash, or lacks fields, is removed all the same (and reported unreadable).
+local old = redis.pcall('HMGET', KEYS[1], 'version', 'chunks', 'manifest')
+if old.err or not old[1] or not old[3] then
+  old = {'', '', ''}
+end
 redis.call('DEL', KEYS[1])
-redis.call('SREM', KEYS[2], ARGV[1])
-for i = 0, tonumber(old[2]) - 1 do
-  redis.call('UNLINK', ARGV[2] .. old[1] .. ':' .. i)
+redis.pcall('SREM', KEYS[2], ARGV[1])
+if old[1] ~= '' then
+  local i = 0
+  while redis.call('UNLINK', ARGV[2] .. old[1] .. ':' .. i) == 1 do
+    i = i + 1
+  end
 end
 redis.call('PUBLISH', ARGV[3], cjson.encode({task = ARGV[1], version = cjson.null, origin = ARGV[4]}))
 return old
@@ -207,6 +231,7 @@ class RedisSubnetworkStore:
         created = datetime.now(timezone.utc)
         body = {"task": task, "sha256": digest, "size": len(blob), "created": created.isoformat(), "info": info}
         with _unavailable_on_redis_error(f"put of {task!r}"):
+            await self._repair_task_set()
             version = await self._stage_and_commit(task, blob, json.dumps(body))
         manifest = StoredManifest(task, version, digest, len(blob), created, info)
         self._known[task] = version
@@ -240,16 +265,44 @@ class RedisSubnetworkStore:
             for _ in range(READ_ATTEMPTS):
                 manifest, chunks = await self._read_manifest(task)
                 if manifest.version == missing_in:
-                    raise CorruptSubnetwork(f"task {task!r} v{manifest.version}: chunk(s) missing")
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for key in self._chunk_keys(task, manifest.version, chunks):
-                        pipe.get(key)
-                    parts = await pipe.execute()
-                if any(part is None for part in parts):
+                    raise CorruptSubnetwork(
+                        f"task {task!r} v{manifest.version}: chunk(s) missing under "
+                        f"{self._chunk_prefix(task)}{manifest.version}:*; {REPAIR}"
+                    )
+                parts = await self._read_chunks(manifest, chunks)
+                if parts is None:
                     missing_in = manifest.version  # unlinked by a concurrent put or delete, or lost
                     continue
-                return manifest, await asyncio.to_thread(_assemble, manifest, parts)
+                return manifest, await asyncio.to_thread(_assemble, manifest, parts, self._chunk_prefix(task))
         raise StoreUnavailable(f"task {task!r} changed {READ_ATTEMPTS} times while being read")
+
+    async def _read_chunks(self, manifest: StoredManifest, chunks: int) -> list[bytes] | None:
+        """The version's chunks, or None if one is missing. Read a few at a time, so a count that
+        something else wrote (a billion) costs one batch past the chunks that exist, not a billion keys."""
+        parts: list[bytes] = []
+        received = 0
+        for start in range(0, chunks, CHUNKS_PER_READ):
+            prefix = f"{self._chunk_prefix(manifest.task)}{manifest.version}:"
+            keys = [f"{prefix}{i}" for i in range(start, min(chunks, start + CHUNKS_PER_READ))]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.get(key)
+                replies = await pipe.execute(raise_on_error=False)
+            for key, reply in zip(keys, replies, strict=True):
+                if reply is None:
+                    return None
+                if isinstance(reply, Exception):
+                    raise CorruptSubnetwork(
+                        f"task {manifest.task!r}: chunk key {key!r} is unreadable ({reply}); {REPAIR}"
+                    )
+                received += len(reply)
+                if received > manifest.size:
+                    raise CorruptSubnetwork(
+                        f"task {manifest.task!r} v{manifest.version}: chunks up to {key!r} hold more than the "
+                        f"manifest's {manifest.size} bytes; {REPAIR}"
+                    )
+                parts.append(reply)
+        return parts
 
     async def manifest(self, task: str) -> StoredManifest:
         validate_task(task)
@@ -259,20 +312,55 @@ class RedisSubnetworkStore:
 
     async def list(self) -> list[StoredManifest]:
         with _unavailable_on_redis_error("list"):
-            tasks = sorted(name.decode() for name in await self._redis.smembers(self._tasks_key))
+            tasks = await self._task_names()
             async with self._redis.pipeline(transaction=False) as pipe:
                 for task in tasks:
                     pipe.hmget(self._manifest_key(task), "version", "chunks", "manifest")
-                rows = await pipe.execute()
+                rows = await pipe.execute(raise_on_error=False)
         manifests = []
-        for task, (version, chunks, body) in zip(tasks, rows, strict=True):
-            if version is None:
-                continue  # deleted between the two reads
+        for task, row in zip(tasks, rows, strict=True):
+            key = self._manifest_key(task)
             try:
-                manifests.append(_parse_manifest(task, version, chunks, body)[0])
+                if isinstance(row, Exception):
+                    raise CorruptSubnetwork(f"task {task!r}: key {key!r} is not a hash ({row}); {REPAIR}")
+                if row[0] is None:
+                    continue  # deleted between the two reads
+                manifests.append(_parse_manifest(task, key, *row)[0])
             except CorruptSubnetwork as exc:
                 logger.warning("listing skips task %r: %s", task, exc)
         return manifests
+
+    async def _task_names(self) -> list[str]:
+        """The task set's valid names; if something else replaced the set, the names of the manifest keys."""
+        try:
+            members = await self._redis.smembers(self._tasks_key)
+        except ResponseError as exc:
+            logger.warning("task set %r is unreadable (%s): listing the manifest keys instead", self._tasks_key, exc)
+            prefix = self._manifest_key("")
+            members = {key[len(prefix) :] async for key in self._redis.scan_iter(match=f"{prefix}*", count=1000)}
+        names = set()
+        for member in members:
+            name = member.decode("utf-8", "replace")
+            if TASK_NAME_RE.fullmatch(name):
+                names.add(name)
+            else:
+                logger.warning("task set %r holds %r, which is not a task name: skipped", self._tasks_key, member[:80])
+        return sorted(names)
+
+    async def _repair_task_set(self) -> None:
+        """Before a commit: a task set that something else replaced is rebuilt from the manifest keys."""
+        kind = await self._redis.type(self._tasks_key)
+        if kind in (b"set", b"none"):
+            return
+        names = await self._task_names()  # falls back to the manifest keys
+        logger.warning(
+            "rebuilding task set %r (it was a %s) with %d task(s)", self._tasks_key, kind.decode(), len(names)
+        )
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self._tasks_key)
+            if names:
+                pipe.sadd(self._tasks_key, *names)
+            await pipe.execute()
 
     async def delete(self, task: str) -> StoredManifest:
         validate_task(task)
@@ -284,7 +372,7 @@ class RedisSubnetworkStore:
             raise TaskNotFound(task)
         self._known.pop(task, None)
         await self._notifier.notify(task, None)
-        manifest, _ = _parse_manifest(task, *old)  # if unreadable: deleted all the same, then raises
+        manifest, _ = _parse_manifest(task, keys[0], *old)  # if unreadable: deleted all the same, then raises
         return manifest
 
     async def ping(self) -> None:
@@ -318,10 +406,14 @@ class RedisSubnetworkStore:
     # -- reads -----------------------------------------------------------------------------------
 
     async def _read_manifest(self, task: str) -> tuple[StoredManifest, int]:
-        version, chunks, body = await self._redis.hmget(self._manifest_key(task), "version", "chunks", "manifest")
-        if version is None:
+        key = self._manifest_key(task)
+        try:
+            version, chunks, body = await self._redis.hmget(key, "version", "chunks", "manifest")
+        except ResponseError as exc:  # WRONGTYPE: something else wrote another kind of value there
+            raise CorruptSubnetwork(f"task {task!r}: key {key!r} is not a hash ({exc}); {REPAIR}") from None
+        if version is None and chunks is None and body is None:
             raise TaskNotFound(task)
-        return _parse_manifest(task, version, chunks, body)
+        return _parse_manifest(task, key, version, chunks, body)
 
     # -- change listener -------------------------------------------------------------------------
 
@@ -399,18 +491,39 @@ class RedisSubnetworkStore:
         await self._notifier.notify(task, version)
 
 
-def _assemble(manifest: StoredManifest, parts: list[bytes]) -> bytes:
+def _assemble(manifest: StoredManifest, parts: list[bytes], chunk_prefix: str) -> bytes:
     blob = b"".join(parts)
-    manifest.verify(blob)
+    try:
+        manifest.verify(blob)
+    except CorruptSubnetwork as exc:
+        raise CorruptSubnetwork(f"{exc} (chunks {chunk_prefix}{manifest.version}:*); {REPAIR}") from None
     return blob
 
 
-def _parse_manifest(task: str, version: bytes, chunks: bytes, body: bytes) -> tuple[StoredManifest, int]:
-    """The manifest and chunk count from the fields of a manifest hash."""
+def _parse_manifest(
+    task: str, key: str, version: bytes | None, chunks: bytes | None, body: bytes | None
+) -> tuple[StoredManifest, int]:
+    """The manifest and chunk count from the fields of the manifest hash ``key``, checked for sense."""
+
+    def corrupt(problem: str) -> CorruptSubnetwork:
+        return CorruptSubnetwork(f"task {task!r}: manifest {key!r} {problem}; {REPAIR}")
+
     try:
-        data = json.loads(body)
-        data["version"] = int(version)
-        chunk_count = int(chunks)
-    except (TypeError, ValueError) as exc:
-        raise CorruptSubnetwork(f"unreadable manifest for task {task!r}: {exc!r}") from exc
-    return StoredManifest.from_json_dict(data, task=task), chunk_count
+        data = json.loads(body)  # type: ignore[arg-type]  # None: the field is missing
+        version_number = int(version)  # type: ignore[arg-type]
+        chunk_count = int(chunks)  # type: ignore[arg-type]
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise corrupt(f"is unreadable ({type(exc).__name__}: {str(exc)[:200]})") from None
+    if not isinstance(data, dict):
+        raise corrupt(f"holds a JSON {type(data).__name__}, not an object")
+    if not 0 < version_number < 2**53:
+        raise corrupt(f"has version {version_number}, not a positive integer below 2**53")
+    data["version"] = version_number
+    try:
+        manifest = StoredManifest.from_json_dict(data, task=task)
+    except CorruptSubnetwork as exc:
+        raise corrupt(f"is unusable: {exc}") from None
+    fewest = math.ceil(manifest.size / MAX_CHUNK_SIZE)
+    if not fewest <= chunk_count <= manifest.size:
+        raise corrupt(f"claims {chunk_count} chunks for {manifest.size} bytes")
+    return manifest, chunk_count

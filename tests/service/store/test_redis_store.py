@@ -7,6 +7,7 @@ import os
 import time
 
 import pytest
+from redis.exceptions import ResponseError
 
 from service.store import RedisSubnetworkStore, StoreUnavailable, TaskNotFound, open_store
 from service.store.redis_store import MAX_CHUNK_SIZE
@@ -61,13 +62,17 @@ def test_key_prefixes_isolate_deployments(redis_server, key_prefix, run):
 def test_failed_commit_discards_staged_chunks(redis_server, redis_client, key_prefix, run):
     async def scenario() -> None:
         store = new_store(redis_server.url, key_prefix)
-        redis_client.set(f"{key_prefix}manifest:t", "not a hash")  # makes the commit script fail
+
+        async def failing_commit(**_: object) -> None:
+            raise ResponseError("ERR the commit script failed")
+
+        store._commit = failing_commit  # type: ignore[method-assign]
         try:
-            with pytest.raises(StoreUnavailable, match="WRONGTYPE"):
+            with pytest.raises(StoreUnavailable, match="commit script failed"):
                 await store.put("t", os.urandom(5 * CHUNK), {})
         finally:
             await store.close()
-        assert keys(redis_client, key_prefix) == {"manifest:t"}  # no staged chunk, no version bump
+        assert keys(redis_client, key_prefix) == set()  # no staged chunk, no version bump
 
     run(scenario())
 
