@@ -10,7 +10,7 @@ from ken.fileformat import check_magnitudes
 from ken.taskmodel import FEATURE_EXTRACTION, PAIR_SCORING, TEXT_GENERATION, task_labels, task_pooling
 from service.engine import InferenceEngine
 from service.errors import BackboneMismatch, InvalidSubnetwork
-from service.store import StoredManifest, SubnetworkStore, TaskNotFound
+from service.store import CorruptSubnetwork, StoredManifest, SubnetworkStore, TaskNotFound
 from service.store.base import sha256_hex
 from service.task_types import SERVED_TASK_TYPES
 
@@ -57,7 +57,7 @@ class SubnetworkCatalog:
         except (ken.KenError, RuntimeError) as exc:  # load_state_dict raises RuntimeError on a misshapen head
             raise InvalidSubnetwork(f"the head does not fit the task model: {exc}") from None
         current = await self._current(task)
-        if current is not None and current.sha256 == sha256_hex(blob):
+        if current is not None and current.sha256 == sha256_hex(blob) and await self._intact(task):
             return Upload(current, stored=False)
         manifest = await self._store.put(task, blob, describe(subnetwork))
         self._engine.offer(task, manifest.version, subnetwork)
@@ -68,6 +68,16 @@ class SubnetworkCatalog:
             return await self._store.manifest(task)
         except TaskNotFound:
             return None
+        except CorruptSubnetwork:  # written by something else: this upload replaces (repairs) it
+            return None
+
+    async def _intact(self, task: str) -> bool:
+        """Whether the stored bytes still match their manifest; if not, even identical bytes are stored again."""
+        try:
+            await self._store.get(task)
+        except (CorruptSubnetwork, TaskNotFound):
+            return False
+        return True
 
     def _parse(self, blob: bytes) -> ken.Subnetwork:
         backbone = self._engine.backbone
