@@ -9,7 +9,7 @@ import torch
 from fastapi import APIRouter, Response
 
 from ken.taskmodel import PAIR_SCORING
-from service.api.inputs import check_inputs
+from service.api.inputs import check_inputs, check_unicode
 from service.api.rerank_schemas import Rank, RerankRequest
 from service.api.responses import VERSION_HEADER, inference_errors
 from service.deps import ApiAccess, EngineDep, SettingsDep
@@ -24,6 +24,7 @@ router = APIRouter(
 async def rerank(body: RerankRequest, engine: EngineDep, settings: SettingsDep, response: Response) -> list[Rank]:
     """One result per text, highest score first (ties keep request order)."""
     check_inputs(body.texts, settings)
+    check_unicode("the query", body.query)
     if len(body.query) > settings.max_input_chars:
         raise InvalidInput(f"the query has {len(body.query)} characters; at most {settings.max_input_chars}")
     queries = [body.query] * len(body.texts)

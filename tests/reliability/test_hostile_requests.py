@@ -47,6 +47,11 @@ SURROGATES = [
     ("v1 surrogate in the task name", "/v1/predict", v1('["fine"]', task='"ne\\ud800ws"')),
     ("v2 lone surrogate", "/v2/models/news/infer", v2('["\\ud800"]')),
     ("v2 surrogate in the id", "/v2/models/news/infer", v2('["fine"]', extra='"id": "\\udc00", ')),
+    ("rerank query", "/v1/rerank", b'{"task": "news", "query": "\\ud800", "texts": ["fine"]}'),
+    ("rerank text", "/v1/rerank", b'{"task": "news", "query": "fine", "texts": ["\\udc00"]}'),
+    ("embed input", "/v1/embed", b'{"task": "news", "inputs": "\\ud800"}'),
+    ("OpenAI embeddings input", "/v1/embeddings", b'{"model": "news", "input": ["\\ud800"]}'),
+    ("token classification input", "/v1/token-classification", b'{"task": "news", "inputs": ["\\ud800"]}'),
     (
         "v2 surrogate in an output name",
         "/v2/models/news/infer",
