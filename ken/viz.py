@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
+from ken.errors import KenError
 from ken.subnetwork import SparseRows, Subnetwork
 
 if TYPE_CHECKING:
@@ -67,8 +68,11 @@ _NEIGHBOUR_COLOURS = ("#440154", "#3b528b", "#21918c", "#5ec962", "#fde725")  # 
 Block = Literal["share", "mean"]
 
 
-class MissingTensor(KeyError):
-    """A tensor name the subnetwork does not store; the message lists names it does store."""
+class MissingTensor(KenError, KeyError):
+    """A tensor name the subnetwork does not store; the message lists names it does store.
+
+    A :class:`~ken.errors.KenError` (bad input: the CLI exits 2 with the message) and, as before, a ``KeyError``.
+    """
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
@@ -497,7 +501,7 @@ def _match_pattern(subnetwork: Subnetwork, pattern: str, known: Iterable[str] = 
     if not found:
         suffixes = sorted({n[m.end() :] for n in names if (m := LAYER_RE.search(n))})
         hint = difflib.get_close_matches(pattern, suffixes, n=3, cutoff=0.4) or suffixes[:5]
-        raise ValueError(
+        raise KenError(
             f"no tensor name ends with {pattern!r}; per-layer names end with e.g.: {', '.join(hint) or '(none)'}"
         )
     return sorted(found, key=lambda n: (layer_index(n) is None, layer_index(n) or 0, n))
@@ -690,7 +694,7 @@ def render_all(
     name) colours by change and counts untouched tensors in the retention chart.
     """
     if not subnetwork.deltas:
-        raise ValueError("the subnetwork stores no entries: nothing to render")
+        raise KenError("the subnetwork stores no entries: nothing to render")
     out = Path(out_dir)
     name = _delta(subnetwork, matrix)[0] if matrix is not None else _default_matrix(subnetwork)
     base = backbone.get(name) if backbone is not None else None

@@ -21,7 +21,7 @@ from service.deps import Services
 from service.engine import InferenceEngine, load_backbone
 from service.http_metrics import HttpMetricsMiddleware
 from service.metrics import ServiceMetrics
-from service.preload import preload_directory
+from service.preload import PreloadFolder
 from service.settings import Settings
 from service.store import open_store
 
@@ -46,16 +46,23 @@ def create_app(settings: Settings) -> FastAPI:
         store = open_store(settings.redis_url, settings.store_dir, key_prefix=settings.redis_key_prefix)
         engine = InferenceEngine(backbone, store, settings, metrics)
         engine.start()
+        watcher: asyncio.Task[None] | None = None
         try:
             await store.start()
             catalog = SubnetworkCatalog(store, engine)
+            preload = None
             if settings.preload_dir is not None:
-                await preload_directory(settings.preload_dir, catalog, store)
-            app.state.services = Services(store=store, engine=engine, catalog=catalog)
+                preload = PreloadFolder(settings.preload_dir, catalog, store, expected=settings.preload_expect)
+                await preload.scan()
+                if settings.preload_watch_s > 0:
+                    watcher = asyncio.create_task(preload.watch(settings.preload_watch_s), name="preload-watch")
+            app.state.services = Services(store=store, engine=engine, catalog=catalog, preload=preload)
             app.state.viz = VizCache(store)
             logger.info("service ready", extra={"host": settings.host, "port": settings.port})
             yield
         finally:
+            if watcher is not None:
+                watcher.cancel()
             await engine.stop()
             await store.close()
 

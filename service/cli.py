@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,8 @@ from service.settings import Settings
 logger = logging.getLogger(__name__)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+#: As ``ken.cli``: 2 for bad input (a wrong path, URL, token or file), 1 for anything unexpected.
+EXIT_FAILURE, EXIT_USAGE = 1, 2
 
 
 def register_serve(subparsers: argparse._SubParsersAction) -> None:
@@ -34,6 +38,26 @@ def register_serve(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--preload", type=Path, dest="preload_dir", metavar="DIR", help="upload DIR/*.safetensors at start-up"
     )
+    parser.add_argument(
+        "--watch",
+        type=float,
+        dest="preload_watch_s",
+        metavar="SECONDS",
+        help="re-scan the --preload folder every SECONDS for new or changed files (KEN_PRELOAD_WATCH_S)",
+    )
+    parser.add_argument(
+        "--expect",
+        dest="preload_expect",
+        metavar="TASK[,TASK]",
+        help="tasks the --preload folder will receive; /readyz lists those not loaded yet (KEN_PRELOAD_EXPECT)",
+    )
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        dest="max_sequence_length",
+        metavar="TOKENS",
+        help="truncate inputs to TOKENS word pieces; use the tasks' training max_length (KEN_MAX_SEQUENCE_LENGTH)",
+    )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="KEN_DEVICE, default auto")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="KEN_DTYPE, default float32")
     parser.add_argument("--log-level", help="KEN_LOG_LEVEL, default INFO")
@@ -49,7 +73,20 @@ def register_serve(subparsers: argparse._SubParsersAction) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Settings from the environment, with the flags that were given taking precedence."""
-    names = ("host", "port", "backbone", "store_dir", "redis_url", "preload_dir", "device", "dtype", "log_level")
+    names = (
+        "host",
+        "port",
+        "backbone",
+        "store_dir",
+        "redis_url",
+        "preload_dir",
+        "preload_watch_s",
+        "preload_expect",
+        "max_sequence_length",
+        "device",
+        "dtype",
+        "log_level",
+    )
     overrides: dict[str, Any] = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     return Settings(**overrides)
 
@@ -61,11 +98,19 @@ def run_serve(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     configure_logging(settings.log_level)
+    try:
+        listener = bind_listener(settings.host, settings.port)
+    except OSError as exc:
+        print(f"ken serve: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if settings.admin_token is None and not settings.binds_loopback:
         logger.warning("KEN_ADMIN_TOKEN is not set and the server listens beyond loopback: admin routes are disabled")
     if args.ray:
+        listener.close()  # Ray Serve's proxy binds the port itself; the check above still failed fast if busy
         return run_on_ray(args, settings)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
+    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_config=None)
+    with listener:
+        uvicorn.Server(config).run(sockets=[listener])
     return 0
 
 
@@ -86,6 +131,30 @@ def run_on_ray(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def bind_listener(host: str, port: int) -> socket.socket:
+    """The server's listening socket, bound before anything is loaded, so a busy port fails at once.
+
+    uvicorn serves on this very socket (no window in which another process could take the port).
+    Raises ``OSError`` with a message saying how to choose another port.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restart over TIME_WAIT
+    try:
+        listener.bind((host, port))
+    except OSError as exc:
+        listener.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise OSError(
+                exc.errno,
+                f"port {port} on {host} is already in use (another ken serve?); "
+                f"choose another with --port N or KEN_PORT=N",
+            ) from None
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    listener.set_inheritable(True)
+    return listener
+
+
 def register_push(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "push", help="upload a subnetwork file to a running service", description="Upload a subnetwork file."
@@ -103,16 +172,35 @@ def run_push(args: argparse.Namespace) -> int:
     token = args.token or os.environ.get("KEN_ADMIN_TOKEN")
     try:
         data = args.file.read_bytes()
+    except OSError as exc:
+        print(f"ken push: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
         with KenClient(url, token=token) as client:
             manifest = client.put(task, data)
-    except OSError as exc:
-        print(f"ken push: cannot read {args.file}: {exc}", file=sys.stderr)
-        return 1
     except KenServiceError as exc:
-        print(f"ken push: refused: {exc}", file=sys.stderr)
-        return 1
+        print(f"ken push: the service refused {args.file} as {task!r}: {exc}{_hint(exc)}", file=sys.stderr)
+        return EXIT_USAGE if exc.status_code < 500 else EXIT_FAILURE
+    except httpx.ConnectError as exc:
+        print(
+            f"ken push: nothing answers at {url} ({exc}); is `ken serve` running there? "
+            "Give its address with --url or KEN_URL",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     except httpx.HTTPError as exc:
-        print(f"ken push: cannot reach {url}: {exc}", file=sys.stderr)
-        return 1
+        print(f"ken push: no answer from {url}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     print(manifest.model_dump_json(indent=2))
     return 0
+
+
+def _hint(error: KenServiceError) -> str:
+    """What to do about an answer whose message alone may not say it."""
+    if error.status_code == 401:
+        return " (give the admin token with --token or KEN_ADMIN_TOKEN)"
+    if error.status_code == 403:
+        return " (check the admin token: --token or KEN_ADMIN_TOKEN)"
+    if error.status_code == 404:
+        return " (is --url the service's root address, e.g. http://127.0.0.1:8000?)"
+    return ""

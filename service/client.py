@@ -24,17 +24,24 @@ class KenServiceError(Exception):
         self.message = message
 
 
+def service_root(url: str) -> str:
+    """``url`` without a trailing ``/v1`` (routes are joined to the root: ``/v1/v1/...`` would be unknown)."""
+    root = url.rstrip("/")
+    return root[: -len("/v1")] if root.endswith("/v1") else root
+
+
 class KenClient:
     """``with KenClient("http://127.0.0.1:8000", token=...) as client: client.predict("news", ["text"])``.
 
-    ``token`` is sent as a bearer token on every request (use the admin token for put/delete).
+    ``token`` is sent as a bearer token on every request (use the admin token for put/delete). ``url`` is
+    the service's root; a trailing ``/v1`` (the API's prefix, an easy mistake) is dropped.
     """
 
     def __init__(
         self, url: str, *, token: str | None = None, timeout: float = 60.0, transport: httpx.BaseTransport | None = None
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=url, headers=headers, timeout=timeout, transport=transport)
+        self._http = httpx.Client(base_url=service_root(url), headers=headers, timeout=timeout, transport=transport)
 
     def put(self, task: str, data: bytes | Path) -> SubnetworkManifest:
         """Upload a subnetwork file (its bytes, or a path to it) as ``task``."""

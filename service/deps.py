@@ -13,6 +13,7 @@ from service.catalog import SubnetworkCatalog
 from service.engine import InferenceEngine
 from service.errors import InvalidTaskName
 from service.metrics import ServiceMetrics
+from service.preload import PreloadFolder
 from service.settings import Settings
 from service.store import SubnetworkStore, validate_task
 
@@ -24,6 +25,7 @@ class Services:
     store: SubnetworkStore
     engine: InferenceEngine
     catalog: SubnetworkCatalog
+    preload: PreloadFolder | None = None  # --preload DIR: the folder, and which expected tasks are pending
 
 
 def get_settings(request: Request) -> Settings:

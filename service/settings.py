@@ -9,11 +9,11 @@ from __future__ import annotations
 import ipaddress
 from enum import Enum
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MiB = 1 << 20
 DEFAULT_BACKBONE_NAME = "all-MiniLM-L6-v2"
@@ -65,6 +65,17 @@ class Settings(BaseSettings):
     store_dir: Path = Path(".ken-store")
     preload_dir: Path | None = Field(
         default=None, description="Upload every *.safetensors file here at start-up, named after its file stem."
+    )
+    preload_watch_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="Seconds between scans of preload_dir for new or changed files (tasks still being built); "
+        "0: scan once, at start-up.",
+    )
+    preload_expect: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Tasks preload_dir is going to receive (comma-separated in KEN_PRELOAD_EXPECT); /readyz lists "
+        "those not loaded yet as pending.",
     )
 
     # HTTP
@@ -120,6 +131,13 @@ class Settings(BaseSettings):
     integrity_segment_bytes: int = Field(
         default=4 * MiB, ge=1, description="Weights hashed per integrity check (a full sweep takes several checks)."
     )
+
+    @field_validator("preload_expect", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
 
     @property
     def torch_dtype(self) -> torch.dtype:

