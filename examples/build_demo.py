@@ -315,6 +315,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--k must be >= 1, got {args.k}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # its "Loading weights" bar too
     on_ready = None
     if args.serve_url:
         serve_url = args.serve_url.rstrip("/")

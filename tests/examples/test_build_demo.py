@@ -11,6 +11,8 @@ import ken
 from examples import build_demo
 from tests.tiny_models import TinyPair
 
+RUN_DEMO = Path(__file__).resolve().parents[2] / "scripts" / "run-demo.sh"
+
 
 def test_every_task_trains_at_the_length_the_demo_serves_with(capsys: pytest.CaptureFixture[str]) -> None:
     assert build_demo.main(["--print-max-length"]) == 0
@@ -18,7 +20,7 @@ def test_every_task_trains_at_the_length_the_demo_serves_with(capsys: pytest.Cap
     assert {recipe.max_length for recipe in build_demo.RECIPES.values()} == {served}
     assert set(build_demo.EXAMPLES) == set(build_demo.RECIPES)
     assert build_demo.DEFAULT_METHOD == "magnitude"  # the selector docs/results.md recommends at k=100
-    assert 'max_length="$(python -m examples.build_demo --print-max-length)"' in Path("scripts/run-demo.sh").read_text()
+    assert 'max_length="$(python -m examples.build_demo --print-max-length)"' in RUN_DEMO.read_text()
 
 
 def test_an_extraction_records_method_k_and_kept_percent(
