@@ -79,7 +79,7 @@ class Example:
 #: Printed (and sent, with ``--serve-url``) once a task is served. Neither text is in the task's data.
 EXAMPLES: dict[str, Example] = {
     "bbc-news": Example("Chelsea beat Arsenal 2-0 to reach the FA Cup final at Wembley", "sports"),
-    "chatter-topic": Example("Which programming language should I learn to write a web server?", "coding"),
+    "chatter-topic": Example("Can you write a Python function that reverses a string?", "coding"),
 }
 
 
