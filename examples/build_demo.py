@@ -265,6 +265,22 @@ def example_command(url: str, task: str) -> str:
     return f"curl -s {url}/v1/predict -H 'content-type: application/json' -d '{body}'"
 
 
+def wait_for_server(url: str, *, timeout_s: float = 120.0) -> bool:
+    """Wait until the server at ``url`` answers ``/healthz`` (it starts beside this build: letting it load
+    first keeps the two from sharing the CPU while it starts); whether it answered in time."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=5).is_success:
+                return True
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    return False
+
+
 def await_served(url: str, task: str, path: Path, *, timeout_s: float = 300.0) -> str:
     """Wait until the server at ``url`` serves ``path``'s bytes as ``task``, ask it the task's example
     and return what to print: the command and the answer (flagged when it is not the expected label)."""
@@ -325,6 +341,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         def on_ready(task: str, path: Path) -> None:
             print(await_served(serve_url, task, path), flush=True)
+
+        if not wait_for_server(serve_url):
+            print(f"build_demo: {serve_url} does not answer yet; building anyway", flush=True)
 
     started = time.perf_counter()
     try:

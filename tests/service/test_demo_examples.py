@@ -37,3 +37,10 @@ def test_await_served_asks_the_server_the_tasks_example(
     monkeypatch.setitem(build_demo.EXAMPLES, "news", build_demo.Example("goal match team", expected=answer))
     assert "(as expected)" in build_demo.await_served(service.url, "news", path, timeout_s=60)
     assert "not served by" in build_demo.await_served(service.url, "absent", path, timeout_s=0.5)
+
+
+def test_the_build_waits_for_the_server_it_starts_beside(
+    make_settings: Callable[..., Settings], serve: Callable[[Settings], ServiceThread]
+) -> None:
+    assert build_demo.wait_for_server(serve(make_settings()).url, timeout_s=60)
+    assert not build_demo.wait_for_server("http://127.0.0.1:9", timeout_s=0.5)  # discard port: nothing there
