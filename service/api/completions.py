@@ -32,10 +32,13 @@ logger = logging.getLogger(__name__)
     response_model=CompletionResponse,
     responses={
         200: {"description": "The completion; with stream=true, server-sent events of CompletionResponse chunks."},
+        400: {"description": "The body is not valid JSON, or the task is not a text-generation task."},
         401: {"description": "No bearer token."},
         403: {"description": "Wrong bearer token."},
         404: {"description": "No such task."},
-        422: {"description": "Invalid body, a limit exceeded, or the task is not a text-generation task."},
+        409: {"description": "The stored subnetwork belongs to another backbone."},
+        415: {"description": "The body is not sent as application/json."},
+        422: {"description": "Invalid body or a limit exceeded (max_tokens, prompt length, context length)."},
         503: {"description": "The store or the engine is unavailable."},
     },
 )
