@@ -34,6 +34,7 @@ import torch
 
 import ken
 from bench.common import log
+from bench.measure import median_ms
 from service.engine.mixed import CostModel, GroupShape, calibrate, calibration_models
 
 MINILM = {"model_type": "bert", "hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12,
@@ -103,18 +104,6 @@ def load_tasks(args: argparse.Namespace, device: torch.device):
             for i in range(args.tasks)
         ]
     return backbone, flat, subnetworks, real
-
-
-def median_ms(run, repeats: int, synchronize) -> float:
-    run()
-    synchronize()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        synchronize()
-        times.append(time.perf_counter() - started)
-    return 1000 * statistics.median(times)
 
 
 def main() -> None:
@@ -197,7 +186,7 @@ class Bench:
             return calibrate(self.swapper, self.mixed, calibration_models(self.backbone), inputs)
 
     def time_ms(self, run) -> float:
-        return median_ms(run, self.repeats, self.synchronize)
+        return median_ms(run, self.repeats, warmup=1, synchronize=self.synchronize)
 
     def cell(self, batch: int, count: int, cost: CostModel) -> dict:
         """N = ``batch`` inputs of 8-32 tokens spread evenly over the first ``count`` tasks."""

@@ -10,14 +10,21 @@ from pathlib import Path
 import torch
 
 
-def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
-    """Median wall time of ``fn`` in milliseconds, after ``warmup`` untimed calls."""
+def median_ms(
+    fn: Callable[[], object], repeats: int, warmup: int = 2, synchronize: Callable[[], None] = lambda: None
+) -> float:
+    """Median wall time of ``fn`` in milliseconds, after ``warmup`` untimed calls.
+
+    ``synchronize`` runs after every call, inside the timing (a device synchronisation on a GPU).
+    """
     for _ in range(warmup):
         fn()
+        synchronize()
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
         fn()
+        synchronize()
         times.append(time.perf_counter() - started)
     return 1000 * statistics.median(times)
 
