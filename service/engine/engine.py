@@ -253,7 +253,9 @@ class InferenceEngine:
         staged = await self._resolver.resolve(task)
         check_task_type(task, staged.info.task_type, (TEXT_GENERATION,))
         tokenizer = self.backbone.tokenizer
-        ids = prompt_tokens(tokenizer, request.prompt, request.max_tokens, self.backbone.max_length)
+        ids = await asyncio.to_thread(
+            prompt_tokens, tokenizer, request.prompt, request.max_tokens, self.backbone.max_length
+        )
         usage = CompletionUsage(prompt_tokens=len(ids))
         deltas = generate(staged, tokenizer, ids, request, self._decode_step, usage)
         return Completion(task, staged.version, usage, self._counted(task, deltas))
